@@ -1,0 +1,439 @@
+"""The ``dsat`` command line: parse and validate flags into ``SearchSettings``, then search.
+
+Nothing past this module sees argv. Every user error ends as one line on stderr,
+``dsat: error: ...``, and exit code 2, before anything is launched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import attrs
+
+from determined_dsat import settings as S
+from determined_dsat.errors import ConfigError, DsatError
+from determined_dsat.settings import Backend, MethodOptions, OffloadTarget, SearchSettings
+from determined_dsat.space.batch import MicroBatchGrid, configured_gas
+from determined_dsat.space.experiment import Experiment, load_experiment
+from determined_dsat.space.metric import Metric
+
+PROG = "dsat"
+RUNS_DIR = "dsat-runs"
+STATE_FILE = "state.json"
+DESCRIPTION = (
+    "DeepSpeed Autotune: search the ZeRO stage and micro-batch size (and the DeepSpeed "
+    "settings that go with them) that make your DeepSpeed training fastest. Trials run on a "
+    "Determined cluster, as local processes, or are replayed from recorded results."
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors become one-line ``ConfigError``s."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"see '{self.prog} --help'"
+        raise ConfigError(f"{' '.join(message.split())} ({hint})")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the ``None`` of flags that are off unless given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# --- argument definitions ---------------------------------------------------------------
+
+
+def _opt(p: argparse.ArgumentParser, names: str, help: str, **kwargs: Any) -> None:
+    p.add_argument(*names.split(), help=help, **kwargs)
+
+
+def _add_paths(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config_path", help="experiment config file (.yaml)")
+    p.add_argument("model_dir", help="directory holding the model definition")
+    _opt(p, "-i --include", "more files or directories to copy", nargs="+", default=[])
+
+
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    _opt(
+        p, "-mt --max-trials", "maximum number of trials, counting the model-profiling trial",
+        type=int, default=S.DEFAULT_MAX_TRIALS,
+    )  # fmt: skip
+    _opt(p, "-ms --max-slots", "maximum number of slots in use at once (default: no limit)",
+         type=int)  # fmt: skip
+    _opt(
+        p, "-mct --max-concurrent-trials", "maximum number of trials running at once",
+        type=int, default=S.DEFAULT_MAX_CONCURRENT_TRIALS,
+    )  # fmt: skip
+    metrics = [m.value for m in Metric]
+    _opt(
+        p, "-m --metric", f"metric to optimize: {', '.join(metrics)} (forward, backward and "
+        "latency are minimized)", choices=metrics, metavar="METRIC",
+        default=Metric.FLOPS_PER_GPU.value,
+    )  # fmt: skip
+    _opt(p, "--run-full-experiment", "after the search, train fully with the best config",
+         action="store_true")  # fmt: skip
+    _opt(p, "-r --random-seed", "seed of every random choice", type=int,
+         default=S.DEFAULT_RANDOM_SEED)  # fmt: skip
+
+
+def _add_space(p: argparse.ArgumentParser) -> None:
+    _opt(
+        p, "-z --zero-stages", "ZeRO stages (0-3) to search over", type=int, nargs="+",
+        default=list(S.DEFAULT_ZERO_STAGES), metavar="STAGE",
+    )  # fmt: skip
+    _opt(p, "--start-profile-step", "training step on which trials start profiling", type=int,
+         default=S.DEFAULT_START_PROFILE_STEP)  # fmt: skip
+    _opt(p, "--end-profile-step", "training step on which trials stop profiling", type=int,
+         default=S.DEFAULT_END_PROFILE_STEP)  # fmt: skip
+    _opt(
+        p, "--train-batch-size", "keep the global batch at N, choosing gradient accumulation "
+        "per micro-batch (default: the global batch follows the micro-batch)",
+        type=int, metavar="N",
+    )  # fmt: skip
+    _opt(p, "--divisible-by", "only try micro-batch sizes that are multiples of N", type=int,
+         default=1, metavar="N")  # fmt: skip
+    _opt(
+        p, "--offload", "let ZeRO offload optimizer state and/or parameters (ZeRO-3) to CPU "
+        "memory; off unless given", nargs="+", choices=[t.value for t in OffloadTarget], default=[],
+    )  # fmt: skip
+
+
+def _add_runner(p: argparse.ArgumentParser) -> None:
+    _opt(
+        p, "--backend", "where trials run (default: determined when DET_MASTER is set, "
+        "else local)", choices=[b.value for b in Backend],
+    )  # fmt: skip
+    _opt(p, "--run-dir", f"new directory for the search's state and results (default: "
+         f"./{RUNS_DIR}/<UTC time>-<method>)", metavar="DIR")  # fmt: skip
+    _opt(p, "--resume", f"continue the stopped search whose {STATE_FILE} is in RUN_DIR",
+         metavar="RUN_DIR")  # fmt: skip
+    _opt(p, "--replay-source", "with --backend replay: recorded results as a JSON file or "
+         "as path/to/file.py:function", metavar="SRC")  # fmt: skip
+    _opt(p, "--search-runner-config", "alternative search runner config (advanced)",
+         metavar="PATH")  # fmt: skip
+    _opt(p, "--max-search-runner-restarts", "how often the cluster may restart the search "
+         "runner", type=int, default=S.DEFAULT_MAX_SEARCH_RUNNER_RESTARTS)  # fmt: skip
+
+
+def _add_search_range_factor(p: argparse.ArgumentParser) -> None:
+    _opt(p, "--search-range-factor", "scale the initial micro-batch search range by this factor",
+         type=float, default=1.0)  # fmt: skip
+
+
+def _add_random(p: argparse.ArgumentParser) -> None:
+    _opt(p, "--trials-per-random-config", "maximum number of trials per random config",
+         type=int, default=S.RandomOptions().trials_per_random_config)  # fmt: skip
+    _opt(p, "--early-stopping", "stop when the last N trials found no new best (default: "
+         "never)", type=int, metavar="N")  # fmt: skip
+
+
+def _add_asha(p: argparse.ArgumentParser) -> None:
+    d = S.AshaOptions()
+    _opt(p, "--max-rungs", "maximum number of ASHA rungs", type=int, default=d.max_rungs)
+    _opt(p, "--min-binary-search-trials", "minimum binary-search trials per random config",
+         type=int, default=d.min_binary_search_trials)  # fmt: skip
+    _opt(p, "--asha-early-stopping", "ASHA early-stopping rate (s in arXiv:1810.05934)",
+         type=int, default=d.asha_early_stopping)  # fmt: skip
+    _opt(p, "--divisor", "ASHA reduction factor (eta in arXiv:1810.05934)", type=int,
+         default=d.divisor)  # fmt: skip
+    _add_search_range_factor(p)
+
+
+# --- per-method options -----------------------------------------------------------------
+
+
+_MINIMUM = {
+    "max_trials": 2, "max_concurrent_trials": 1, "max_slots": 1, "train_batch_size": 1,
+    "divisible_by": 1, "max_search_runner_restarts": 0, "start_profile_step": 1,
+    "trials_per_random_config": 1, "early_stopping": 1, "max_rungs": 1,
+    "min_binary_search_trials": 1, "asha_early_stopping": 0, "divisor": 2,
+}  # fmt: skip
+"""The least value of each integer flag (by dest) that has one; ``None`` means not given."""
+
+
+def _check_minimums(a: argparse.Namespace) -> None:
+    for dest, least in _MINIMUM.items():
+        value = getattr(a, dest, None)
+        if value is not None and value < least:
+            why = " (it counts the model-profiling trial)" if dest == "max_trials" else ""
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{flag} must be at least {least}{why}, got {value}")
+
+
+def _range_factor(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--search-range-factor must be a positive number, got {value}")
+    return value
+
+
+def _random_options(a: argparse.Namespace) -> MethodOptions:
+    return S.RandomOptions(a.trials_per_random_config, a.early_stopping)
+
+
+def _binary_options(a: argparse.Namespace) -> MethodOptions:
+    return S.BinaryOptions(_range_factor(a.search_range_factor))
+
+
+def _asha_options(a: argparse.Namespace) -> MethodOptions:
+    return S.AshaOptions(
+        a.max_rungs, a.min_binary_search_trials, a.asha_early_stopping, a.divisor,
+        _range_factor(a.search_range_factor),
+    )  # fmt: skip
+
+
+@attrs.frozen
+class MethodCli:
+    """How one search method appears on the command line."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    options: Callable[[argparse.Namespace], MethodOptions]
+
+
+METHODS: dict[str, MethodCli] = {
+    "asha": MethodCli("ASHA over random configs (arXiv:1810.05934)", _add_asha, _asha_options),
+    "binary": MethodCli("binary search per ZeRO stage", _add_search_range_factor, _binary_options),
+    "random": MethodCli("random configs, each binary-searched", _add_random, _random_options),
+}
+"""Search methods by subcommand name; add an entry (and to ``settings.METHOD_OPTIONS``)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dsat`` parser: one subcommand per search method, each with every flag."""
+    parser = _Parser(prog=PROG, description=DESCRIPTION)
+    subparsers = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name, method in METHODS.items():
+        sub = subparsers.add_parser(
+            name,
+            help=method.help,
+            description=f"{DESCRIPTION} Method: {method.help}.",
+            formatter_class=_HelpFormatter,
+        )
+        for add in (_add_paths, _add_budget, _add_space, _add_runner, method.add_arguments):
+            add(sub)
+    return parser
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _abs(path: str) -> pathlib.Path:
+    return pathlib.Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _existing_file(flag: str, path: str) -> pathlib.Path:
+    p = _abs(path)
+    if not p.exists():
+        raise ConfigError(f"{flag}: file not found: {path}")
+    if not p.is_file():
+        raise ConfigError(f"{flag}: not a file: {path}")
+    return p
+
+
+def _backend(a: argparse.Namespace) -> tuple[Backend, str]:
+    if a.backend is not None:
+        return Backend(a.backend), "--backend"
+    if os.environ.get("DET_MASTER"):
+        return Backend.DETERMINED, "DET_MASTER set"
+    return Backend.LOCAL, "no DET_MASTER set"
+
+
+def _replay_source(a: argparse.Namespace, backend: Backend) -> str | None:
+    src: str | None = a.replay_source
+    if backend is not Backend.REPLAY:
+        if src is not None:
+            raise ConfigError("--replay-source is only used with --backend replay")
+        return None
+    if src is None:
+        raise ConfigError(
+            "--backend replay needs --replay-source (a JSON file or file.py:function)"
+        )
+    head, sep, func = src.rpartition(":")
+    if sep and head.endswith(".py"):
+        if not func.isidentifier():
+            raise ConfigError(f"--replay-source: {func!r} is not a valid Python function name")
+        return f"{_existing_file('--replay-source', head)}:{func}"
+    if src.endswith(".py"):
+        raise ConfigError(f"--replay-source: name the function too, as {src}:function")
+    return str(_existing_file("--replay-source", src))
+
+
+def _utc_stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def _default_run_dir(method: str) -> pathlib.Path:
+    base = _abs(os.path.join(RUNS_DIR, f"{_utc_stamp()}-{method}"))
+    candidate, n = base, 2
+    while candidate.exists():
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return candidate
+
+
+def _run_dir(a: argparse.Namespace) -> tuple[pathlib.Path, bool]:
+    if a.resume is not None:
+        if a.run_dir is not None:
+            raise ConfigError("--resume and --run-dir cannot be used together")
+        run_dir = _abs(a.resume)
+        if not (run_dir / STATE_FILE).is_file():
+            raise ConfigError(f"--resume: {a.resume} holds no {STATE_FILE}; nothing to resume")
+        return run_dir, True
+    if a.run_dir is None:
+        return _default_run_dir(a.method), False
+    run_dir = _abs(a.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir: {a.run_dir} exists and is not a directory")
+    if (run_dir / STATE_FILE).exists():
+        raise ConfigError(
+            f"--run-dir: {a.run_dir} already holds a search; "
+            f"use --resume {a.run_dir} to continue it"
+        )
+    return run_dir, False
+
+
+def _zero_stages(stages: list[int]) -> tuple[int, ...]:
+    for stage in stages:
+        if not 0 <= stage <= 3:
+            raise ConfigError(f"--zero-stages: ZeRO stage {stage} does not exist; use 0, 1, 2 or 3")
+    return tuple(sorted(set(stages)))
+
+
+def _offload(targets: list[str], stages: tuple[int, ...]) -> frozenset[OffloadTarget]:
+    offload = frozenset(OffloadTarget(t) for t in targets)
+    if OffloadTarget.PARAM in offload and 3 not in stages:
+        raise ConfigError("--offload param needs ZeRO stage 3 in --zero-stages")
+    if offload and max(stages) < 1:
+        raise ConfigError("--offload needs a ZeRO stage of 1 or more in --zero-stages")
+    return offload
+
+
+def _check_profile_steps(a: argparse.Namespace) -> None:
+    if a.end_profile_step <= a.start_profile_step:
+        raise ConfigError(
+            f"--end-profile-step ({a.end_profile_step}) must be greater than "
+            f"--start-profile-step ({a.start_profile_step})"
+        )
+
+
+_AS_GIVEN = (
+    "max_trials", "max_concurrent_trials", "max_slots", "run_full_experiment", "random_seed",
+    "start_profile_step", "end_profile_step", "max_search_runner_restarts", "train_batch_size",
+    "divisible_by",
+)  # fmt: skip
+"""``SearchSettings`` fields taken from the flags of the same name as they are."""
+
+
+def _settings(argv: Sequence[str]) -> tuple[SearchSettings, str]:
+    """Parse and validate argv; also say why the backend was chosen."""
+    a, unknown = build_parser().parse_known_args(list(argv))
+    if unknown:
+        raise ConfigError(
+            f"unrecognized arguments: {' '.join(unknown)} (see '{PROG} {a.method} --help')"
+        )
+    try:
+        metric = Metric.parse(a.metric)
+    except ValueError as e:
+        raise ConfigError(f"--metric: {e}") from None
+    stages = _zero_stages(a.zero_stages)
+    _check_minimums(a)
+    _check_profile_steps(a)
+    options = METHODS[a.method].options(a)
+    config_path = _abs(a.config_path)
+    if not config_path.is_file():
+        what = "is not a file" if config_path.exists() else "not found"
+        raise ConfigError(f"experiment config {what}: {a.config_path}")
+    include = tuple(_abs(p) for p in a.include)
+    for given, path in zip(a.include, include):
+        if not path.exists():
+            raise ConfigError(f"--include: not found: {given}")
+    src = a.search_runner_config
+    backend, why = _backend(a)
+    run_dir, resume = _run_dir(a)
+    settings = SearchSettings(
+        method=a.method,
+        config_path=config_path,
+        model_dir=_abs(a.model_dir),
+        backend=backend,
+        run_dir=run_dir,
+        method_options=options,
+        include=include,
+        metric=metric,
+        zero_stages=stages,
+        search_runner_config=None if src is None else _existing_file("--search-runner-config", src),
+        replay_source=_replay_source(a, backend),
+        offload=_offload(a.offload, stages),
+        resume=resume,
+        **{name: getattr(a, name) for name in _AS_GIVEN},
+    )
+    return settings, why
+
+
+def parse_settings(argv: Sequence[str]) -> SearchSettings:
+    """Parse and validate argv (without the program name); raises ``ConfigError``."""
+    return _settings(argv)[0]
+
+
+def _check_against_experiment(settings: SearchSettings, experiment: Experiment) -> None:
+    MicroBatchGrid(
+        slots=experiment.slots_per_trial,
+        default_gas=configured_gas(experiment.ds_config),
+        train_batch_size=settings.train_batch_size,
+        divisible_by=settings.divisible_by,
+    )
+    if settings.max_slots is not None and settings.max_slots < experiment.slots_per_trial:
+        raise ConfigError(
+            f"--max-slots {settings.max_slots} is less than resources.slots_per_trial "
+            f"{experiment.slots_per_trial} in {experiment.config_path.name}: no trial could run"
+        )
+
+
+def _shown(path: pathlib.Path) -> str:
+    try:
+        return os.path.join(".", path.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _fail(message: object) -> None:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dsat``; returns the exit code (0 ok, 1 search failed, 2 bad input, 130 Ctrl-C)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        try:
+            settings, why = _settings(args)
+            experiment = load_experiment(settings.config_path, settings.model_dir)
+            _check_against_experiment(settings, experiment)
+        except SystemExit as e:  # --help
+            return e.code if isinstance(e.code, int) else 0
+        verb = "resuming" if settings.resume else "run directory"
+        print(
+            f"{PROG}: backend {settings.backend.value} ({why}); {verb} {_shown(settings.run_dir)}",
+            file=sys.stderr,
+        )
+        from determined_dsat.runners.launch import run_search  # type: ignore[import-not-found]
+
+        code: int = run_search(settings, experiment)
+        return code
+    except ConfigError as e:
+        _fail(e)
+        return 2
+    except DsatError as e:
+        _fail(e)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130

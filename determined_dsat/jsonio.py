@@ -1,0 +1,34 @@
+"""Atomic JSON files: every write goes to a temp file, then ``os.replace``."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+
+def write_json_atomic(path: pathlib.Path, data: Any, *, indent: int | None = 2) -> None:
+    """Write ``data`` as JSON to ``path`` so readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=indent, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_json_line(path: pathlib.Path, data: Any) -> None:
+    """Append one JSON document as a line and flush it to disk before returning."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(data, sort_keys=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,162 @@
+"""``asha``: Asynchronous Successive Halving (Li et al., arXiv:1810.05934) over random
+ZeRO configurations, where a lineage's resource is its number of bisection trials.
+
+Rung ``k`` gives a lineage ``min_binary_search_trials * divisor ** (s + k)`` trials in
+total (``s`` is ``asha_early_stopping``). A lineage completes a rung when it used that
+budget or its bisection ended. Whenever a trial can start, ASHA first continues idle
+lineages that still have budget in their rung (higher rungs first), then promotes the
+best not-yet-promoted lineage among the top ``1/divisor`` of the highest rung that has
+one, and otherwise starts a new random configuration at rung 0.
+"""
+
+from __future__ import annotations
+
+import bisect as _bisect
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from determined_dsat.methods.base import Proposal, SearchPolicy
+from determined_dsat.methods.lineage import (
+    LineageBook,
+    bisection_step,
+    remaining_bounds,
+    start_lineage,
+)
+from determined_dsat.settings import AshaOptions
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.trials.records import TrialRecord
+from determined_dsat.trials.tracker import Tracker
+
+_NO_SCORE = float("-inf")
+
+
+class AshaPolicy(SearchPolicy):
+    name = "asha"
+    options: AshaOptions
+
+    def __init__(self, space: ConfigSpace, options: AshaOptions) -> None:
+        super().__init__(space, options)
+        self.book = LineageBook()
+        self.rung_of: dict[str, int] = {}
+        self.ended: set[str] = set()
+        # Best score per lineage per rung: a lineage's rank in rung k uses rungs <= k.
+        self.best_in_rung: dict[str, dict[str, float]] = {}
+        # Per rung, lineages that completed it, sorted by (-score, completion order).
+        self.completed: list[list[tuple[float, int, str]]] = [[] for _ in range(options.max_rungs)]
+        self._completion_counter = 0
+
+    def budget(self, rung: int) -> int:
+        """Total trials a lineage may have used by the end of ``rung``."""
+        o = self.options
+        return int(o.min_binary_search_trials * o.divisor ** (o.asha_early_stopping + rung))
+
+    def planned_trials(self) -> str | None:
+        budgets = ", ".join(str(self.budget(k)) for k in range(self.options.max_rungs))
+        return (
+            f"ASHA rungs give a lineage {budgets} trials in total (divisor {self.options.divisor})"
+        )
+
+    def observe(self, view: Tracker, record: TrialRecord) -> None:
+        lid = record.spec.lineage_id
+        if lid is None or lid not in self.rung_of:
+            return
+        score = view.score(record)
+        if score is not None:
+            per_rung = self.best_in_rung.setdefault(lid, {})
+            rung = record.spec.rung
+            per_rung[str(rung)] = max(per_rung.get(str(rung), _NO_SCORE), score)
+        if remaining_bounds(record, self.space) is None:
+            self.ended.add(lid)
+            self.book.close(lid)
+        self._mark_completed(view, lid)
+
+    def _mark_completed(self, view: Tracker, lid: str) -> None:
+        rung = self.rung_of[lid]
+        done = lid in self.ended or view.lineage_size(lid) >= self.budget(rung)
+        if not done or rung >= self.options.max_rungs:
+            return
+        self._completion_counter += 1
+        entry = (-self._best_up_to(lid, rung), self._completion_counter, lid)
+        _bisect.insort(self.completed[rung], entry)
+
+    def _best_up_to(self, lid: str, rung: int) -> float:
+        per_rung = self.best_in_rung.get(lid, {})
+        scores = [s for r, s in per_rung.items() if int(r) <= rung]
+        return max(scores, default=_NO_SCORE)
+
+    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+        proposals: list[Proposal] = []
+        idle = sorted(self.book.idle_open(view), key=lambda lid: -self.rung_of[lid])
+        for lid in idle:
+            if len(proposals) >= capacity:
+                return proposals
+            if lid in self.ended or view.lineage_size(lid) >= self.budget(self.rung_of[lid]):
+                continue
+            step = self._step(view, lid, self.rung_of[lid])
+            if step is not None:
+                proposals.append(step)
+        while len(proposals) < capacity:
+            step = self._promote(view)
+            if step is None:
+                break
+            proposals.append(step)
+        while len(proposals) < capacity:
+            zero = self.book.sample_zero(self.space, self.space.stages, rng)
+            if zero is None:
+                break
+            fresh = start_lineage(
+                self.book, self.space, view, zero, self.options.search_range_factor
+            )
+            self.rung_of[fresh.lineage_id] = 0
+            proposals.append(fresh)
+        return proposals
+
+    def _step(self, view: Tracker, lid: str, rung: int) -> Proposal | None:
+        latest = view.latest_in_lineage(lid)
+        step = None if latest is None else bisection_step(latest, self.space, rung=rung)
+        if step is None:
+            self.ended.add(lid)
+            self.book.close(lid)
+        return step
+
+    def _promote(self, view: Tracker) -> Proposal | None:
+        for rung in reversed(range(self.options.max_rungs - 1)):
+            entries = self.completed[rung]
+            top = len(entries) // self.options.divisor
+            for _, _, lid in entries[:top]:
+                if self.rung_of[lid] != rung or lid in self.ended:
+                    continue
+                if view.is_running(_latest_id(view, lid)):
+                    continue
+                self.rung_of[lid] = rung + 1
+                step = self._step(view, lid, rung + 1)
+                if step is not None:
+                    return step
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "book": self.book.state_dict(),
+            "rung_of": dict(self.rung_of),
+            "ended": sorted(self.ended),
+            "best_in_rung": {lid: dict(v) for lid, v in self.best_in_rung.items()},
+            "completed": [[list(e) for e in rung] for rung in self.completed],
+            "completion_counter": self._completion_counter,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.book.load_state_dict(state["book"])
+        self.rung_of = {k: int(v) for k, v in state["rung_of"].items()}
+        self.ended = set(state["ended"])
+        self.best_in_rung = {lid: dict(v) for lid, v in state["best_in_rung"].items()}
+        self.completed = [
+            [(float(s), int(c), str(lid)) for s, c, lid in rung] for rung in state["completed"]
+        ]
+        self._completion_counter = int(state["completion_counter"])
+
+
+def _latest_id(view: Tracker, lid: str) -> str:
+    latest = view.latest_in_lineage(lid)
+    return "" if latest is None else latest.spec.request_id

@@ -1,0 +1,53 @@
+"""``binary``: bisection on micro-batch size for a handful of random ZeRO configurations.
+
+As many lineages run as trials may run at once; when one's range is exhausted, a new
+random configuration takes its place until the trial budget is spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from determined_dsat.methods.base import Proposal, SearchPolicy
+from determined_dsat.methods.lineage import LineageBook, bisection_step, start_lineage
+from determined_dsat.settings import BinaryOptions
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.trials.tracker import Tracker
+
+
+class BinaryPolicy(SearchPolicy):
+    name = "binary"
+    options: BinaryOptions
+
+    def __init__(self, space: ConfigSpace, options: BinaryOptions) -> None:
+        super().__init__(space, options)
+        self.book = LineageBook()
+
+    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+        proposals: list[Proposal] = []
+        for lineage_id in self.book.idle_open(view):
+            if len(proposals) >= capacity:
+                return proposals
+            latest = view.latest_in_lineage(lineage_id)
+            step = None if latest is None else bisection_step(latest, self.space)
+            if step is None:
+                self.book.close(lineage_id)
+            else:
+                proposals.append(step)
+        while len(proposals) < capacity:
+            zero = self.book.sample_zero(self.space, self.space.stages, rng)
+            if zero is None:
+                break
+            proposals.append(
+                start_lineage(self.book, self.space, view, zero, self.options.search_range_factor)
+            )
+        return proposals
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"book": self.book.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.book.load_state_dict(state["book"])

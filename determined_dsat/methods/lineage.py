@@ -1,0 +1,121 @@
+"""Lineages: the successive micro-batch trials of one ZeRO configuration.
+
+``LineageBook`` hands out lineage ids, remembers which ZeRO blocks were already
+explored (so no configuration is searched twice) and which lineages are still open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from determined_dsat.methods import bisect
+from determined_dsat.methods.base import Proposal
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.trials.records import SearchBounds, TrialRecord
+from determined_dsat.trials.tracker import Tracker
+
+_SAMPLE_TRIES = 64
+
+
+def zero_key(zero: Mapping[str, Any]) -> str:
+    return json.dumps(zero, sort_keys=True)
+
+
+class LineageBook:
+    """Lineage ids, explored ZeRO blocks and open lineages, as JSON-able state."""
+
+    def __init__(self) -> None:
+        self.counter = 0
+        self.used: set[str] = set()
+        self.open: list[str] = []
+
+    def new_id(self) -> str:
+        self.counter += 1
+        return f"L{self.counter}"
+
+    def close(self, lineage_id: str) -> None:
+        if lineage_id in self.open:
+            self.open.remove(lineage_id)
+
+    def idle_open(self, view: Tracker) -> list[str]:
+        """Open lineages whose latest trial has finished."""
+        idle = []
+        for lid in self.open:
+            latest = view.latest_in_lineage(lid)
+            if latest is None or latest.finished:
+                idle.append(lid)
+        return idle
+
+    def sample_zero(
+        self, space: ConfigSpace, stages: Sequence[int], rng: np.random.Generator
+    ) -> dict[str, Any] | None:
+        """An unexplored ZeRO block from a random stage of ``stages``; None if none is left."""
+        if not stages:
+            return None
+        for _ in range(_SAMPLE_TRIES):
+            stage = int(stages[int(rng.integers(len(stages)))])
+            zero = space.sample_zero(stage, rng)
+            key = zero_key(zero)
+            if key not in self.used:
+                self.used.add(key)
+                return zero
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counter": self.counter, "used": sorted(self.used), "open": list(self.open)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.counter = int(state["counter"])
+        self.used = set(state["used"])
+        self.open = list(state["open"])
+
+
+def remaining_bounds(record: TrialRecord, space: ConfigSpace) -> SearchBounds | None:
+    """The range a lineage may still try after its latest trial; None when it is done."""
+    spec = record.spec
+    if spec.bounds is None:
+        return None
+    return bisect.narrow(spec.bounds, spec.mbs, record.succeeded, space.grid)
+
+
+def bisection_step(
+    record: TrialRecord, space: ConfigSpace, rung: int | None = None
+) -> Proposal | None:
+    """The next trial of a lineage by bisection, or None when its range is exhausted."""
+    bounds = remaining_bounds(record, space)
+    if bounds is None:
+        return None
+    mbs = bisect.midpoint(bounds, space.grid)
+    if mbs is None:
+        return None
+    spec = record.spec
+    assert spec.lineage_id is not None
+    return Proposal(
+        zero=spec.zero,
+        mbs=mbs,
+        lineage_id=spec.lineage_id,
+        parent_id=spec.request_id,
+        bounds=bounds,
+        rung=spec.rung if rung is None else rung,
+    )
+
+
+def start_lineage(
+    book: LineageBook,
+    space: ConfigSpace,
+    view: Tracker,
+    zero: Mapping[str, Any],
+    range_factor: float,
+    bounds: SearchBounds | None = None,
+) -> Proposal:
+    """The first trial of a new lineage, at the middle of its starting range."""
+    lineage_id = book.new_id()
+    book.open.append(lineage_id)
+    memory = None if view.profile is None else space.memory_model(view.profile)
+    start = bounds or space.initial_bounds(memory, zero, range_factor)
+    mbs = bisect.midpoint(start, space.grid) or space.grid.min_mbs
+    return Proposal(zero=dict(zero), mbs=mbs, lineage_id=lineage_id, bounds=start)

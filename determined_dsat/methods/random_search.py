@@ -1,0 +1,135 @@
+"""``random``: random ZeRO configurations, each with a short micro-batch lineage.
+
+Micro-batches are drawn from a binomial centred in the lineage's range (wider
+coverage than the midpoint, still focused). Domain knowledge cuts lineages short:
+
+- a lineage that fails at the bottom of its range is done;
+- no lineage gets more than ``trials_per_random_config`` trials;
+- once stage 1 or 2 trains, stage 3 (slower, only needed for memory) is dropped;
+- a lineage that hit an OOM stops once another config of its stage ran at least
+  as large a micro-batch as this lineage can still reach.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from determined_dsat.methods.base import Proposal, SearchPolicy
+from determined_dsat.methods.lineage import LineageBook, remaining_bounds, start_lineage
+from determined_dsat.settings import RandomOptions
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.trials.records import SearchBounds, TrialRecord
+from determined_dsat.trials.tracker import Tracker
+
+_LOWER_STAGES = frozenset({1, 2})
+
+
+class RandomPolicy(SearchPolicy):
+    name = "random"
+    options: RandomOptions
+
+    def __init__(self, space: ConfigSpace, options: RandomOptions) -> None:
+        super().__init__(space, options)
+        self.book = LineageBook()
+
+    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+        proposals: list[Proposal] = []
+        for lineage_id in self.book.idle_open(view):
+            if len(proposals) >= capacity:
+                return proposals
+            step = self._continue(view, lineage_id, rng)
+            if step is None:
+                self.book.close(lineage_id)
+            else:
+                proposals.append(step)
+        while len(proposals) < capacity:
+            fresh = self._new_lineage(view, rng)
+            if fresh is None:
+                break
+            proposals.append(fresh)
+        return proposals
+
+    def stop_reason(self, view: Tracker) -> str | None:
+        patience = self.options.early_stopping
+        if patience is not None and view.best() is not None and view.trials_since_best >= patience:
+            return f"no new best in the last {patience} trials (--early-stopping {patience})"
+        return None
+
+    def _continue(
+        self, view: Tracker, lineage_id: str, rng: np.random.Generator
+    ) -> Proposal | None:
+        latest = view.latest_in_lineage(lineage_id)
+        if latest is None or self._lineage_done(view, lineage_id, latest):
+            return None
+        bounds = remaining_bounds(latest, self.space)
+        if bounds is None:
+            return None
+        return Proposal(
+            zero=latest.spec.zero,
+            mbs=self._draw_mbs(bounds, rng),
+            lineage_id=lineage_id,
+            parent_id=latest.spec.request_id,
+            bounds=bounds,
+        )
+
+    def _lineage_done(self, view: Tracker, lineage_id: str, latest: TrialRecord) -> bool:
+        spec = latest.spec
+        if view.lineage_size(lineage_id) >= self.options.trials_per_random_config:
+            return True
+        if spec.stage == 3 and _LOWER_STAGES & view.successful_stages():
+            return True
+        bounds = spec.bounds
+        if bounds is None:
+            return True
+        if not latest.succeeded and spec.mbs <= bounds.lo:
+            return True
+        had_failure = any(not r.succeeded for r in view.lineage(lineage_id) if r.finished)
+        best_elsewhere = view.max_successful_mbs(spec.stage)
+        return had_failure and best_elsewhere is not None and best_elsewhere >= bounds.hi
+
+    def _new_lineage(self, view: Tracker, rng: np.random.Generator) -> Proposal | None:
+        stages = self.space.stages
+        preferred = sorted(_LOWER_STAGES & view.successful_stages() & set(stages))
+        zero = self.book.sample_zero(self.space, preferred or stages, rng)
+        if zero is None:
+            return None
+        proposal = start_lineage(
+            self.book, self.space, view, zero, 1.0, self._warm_bounds(view, int(zero["stage"]))
+        )
+        assert proposal.bounds is not None
+        return Proposal(
+            zero=proposal.zero,
+            mbs=self._draw_mbs(proposal.bounds, rng),
+            lineage_id=proposal.lineage_id,
+            bounds=proposal.bounds,
+        )
+
+    def _warm_bounds(self, view: Tracker, stage: int) -> SearchBounds | None:
+        """Start above the stage's best micro-batch once one is known: larger tends to be faster."""
+        best = view.best_for_stage(stage)
+        if best is None or best.spec.bounds is None:
+            return None
+        lo = best.spec.mbs + 1
+        largest_ok = view.max_successful_mbs(stage) or lo
+        hi = max(largest_ok, best.spec.bounds.hi, 2 * lo)
+        cap = self.space.grid.max_mbs
+        if cap is not None:
+            hi = min(hi, cap)
+        if self.space.grid.count_in(lo, hi) == 0:
+            return None
+        return SearchBounds(lo=lo, hi=hi, hi_is_hard=cap is not None and hi >= cap)
+
+    def _draw_mbs(self, bounds: SearchBounds, rng: np.random.Generator) -> int:
+        grid = self.space.grid
+        n = grid.count_in(bounds.lo, bounds.hi)
+        index = int(rng.binomial(n - 1, 0.5)) if n > 1 else 0
+        return grid.nth_in(bounds.lo, bounds.hi, index)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"book": self.book.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.book.load_state_dict(state["book"])

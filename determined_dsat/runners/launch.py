@@ -1,0 +1,71 @@
+"""Start a search on the chosen backend and report how it ended."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from determined_dsat.errors import SearchError
+from determined_dsat.report import console
+from determined_dsat.report.run_dir import RunDirectory
+from determined_dsat.runners.replay import ReplayExecutor, load_replay_source
+from determined_dsat.runners.session import SearchOutcome, Session
+from determined_dsat.settings import Backend, SearchSettings
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.space.experiment import Experiment
+
+logger = logging.getLogger("determined_dsat")
+
+
+def run_search(settings: SearchSettings, experiment: Experiment) -> int:
+    """Run a search to its end; returns the process exit code (0 when a config was found)."""
+    if settings.backend is Backend.REPLAY:
+        return _run_replay(settings, experiment)
+    raise SearchError(
+        f"the {settings.backend.value} backend is not available in this version yet; "
+        "use --backend replay --replay-source SRC"
+    )
+
+
+def _run_replay(settings: SearchSettings, experiment: Experiment) -> int:
+    if settings.replay_source is None:
+        raise SearchError("--backend replay needs --replay-source")
+    source = load_replay_source(settings.replay_source, experiment.model_dir)
+
+    def make_executor(space: ConfigSpace, _: RunDirectory) -> ReplayExecutor:
+        def ds_config_of(hparams: Mapping[str, Any]) -> dict[str, Any]:
+            return space.ds_config_from_hparams(hparams)
+
+        return ReplayExecutor(source, ds_config_of)
+
+    if settings.run_full_experiment:
+        logger.warning("--run-full-experiment does nothing with --backend replay")
+    session = Session(settings, experiment, make_executor)
+    _log_to_run_dir(session.run_dir)
+    outcome = session.run()
+    _print_summary(settings, session.run_dir, outcome)
+    return 1 if outcome.failed else 0
+
+
+def _log_to_run_dir(run_dir: RunDirectory) -> None:
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir.log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("determined_dsat")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _print_summary(settings: SearchSettings, run_dir: RunDirectory, outcome: SearchOutcome) -> None:
+    found = outcome.best is not None
+    print(
+        console.render_summary(
+            outcome.records,
+            settings.metric,
+            run_dir.best_config_path if found else None,
+            run_dir.best_metrics_path if found else None,
+        )
+    )
+    print(f"Search ended: {outcome.message}. Run directory: {run_dir.path}", file=sys.stdout)

@@ -1,0 +1,227 @@
+"""Every trial of a search, its budgets, and the best results so far.
+
+All updates are O(1) per event (bests and counters are kept incrementally), so a
+search's per-event cost stays flat as trials accumulate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+
+from determined_dsat.space.memory import ModelProfile
+from determined_dsat.space.metric import Metric
+from determined_dsat.trials.records import TrialKind, TrialRecord, TrialResult, TrialSpec
+
+STATE_VERSION = 1
+
+
+@attrs.frozen
+class Limits:
+    """Budgets a search never exceeds. ``max_trials`` counts the profiling trial."""
+
+    max_trials: int
+    max_concurrent_trials: int
+    slots_per_trial: int
+    max_slots: int | None = None
+
+    @property
+    def concurrent_cap(self) -> int:
+        """Trials that may run at once, from both the trial and the slot limits."""
+        cap = self.max_concurrent_trials
+        if self.max_slots is not None:
+            cap = min(cap, self.max_slots // self.slots_per_trial)
+        return cap
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class Tracker:
+    """The search's trial records. Methods read it; only the search adapter writes it."""
+
+    def __init__(self, metric: Metric, limits: Limits) -> None:
+        self.metric = metric
+        self.limits = limits
+        self.profile: ModelProfile | None = None
+        self._records: dict[str, TrialRecord] = {}
+        self._running: dict[str, None] = {}
+        self._lineages: dict[str, list[str]] = {}
+        self._finished_order: list[str] = []
+        self._best_id: str | None = None
+        self._best_by_stage: dict[int, str] = {}
+        self._max_ok_mbs_by_stage: dict[int, int] = {}
+        self._trials_since_best = 0
+        self._profile_id: str | None = None
+
+    # ----- writes (adapter only) -----
+    def add(self, spec: TrialSpec) -> None:
+        """Register a created trial as running."""
+        if spec.request_id in self._records:
+            raise KeyError(f"trial {spec.request_id} is already tracked")
+        self._records[spec.request_id] = TrialRecord(spec=spec)
+        self._running[spec.request_id] = None
+        if spec.kind is TrialKind.PROFILE:
+            self._profile_id = spec.request_id
+        if spec.lineage_id is not None:
+            self._lineages.setdefault(spec.lineage_id, []).append(spec.request_id)
+
+    def finish(self, request_id: str, result: TrialResult) -> TrialRecord:
+        """Attach a result to a running trial and update the bests."""
+        record = self._records[request_id]
+        if record.finished:
+            return record
+        record = attrs.evolve(record, result=result, finished_seq=len(self._finished_order) + 1)
+        self._records[request_id] = record
+        self._running.pop(request_id, None)
+        self._finished_order.append(request_id)
+        if record.spec.kind is TrialKind.SEARCH:
+            self._update_bests(record)
+        return record
+
+    def set_profile(self, profile: ModelProfile) -> None:
+        self.profile = profile
+
+    def _update_bests(self, record: TrialRecord) -> None:
+        score = self.score(record)
+        if score is None:
+            if self._best_id is not None:
+                self._trials_since_best += 1
+            return
+        stage = record.spec.stage
+        self._max_ok_mbs_by_stage[stage] = max(
+            self._max_ok_mbs_by_stage.get(stage, 0), record.spec.mbs
+        )
+        stage_best = self._best_by_stage.get(stage)
+        if stage_best is None or score > self._score_of_id(stage_best):
+            self._best_by_stage[stage] = record.spec.request_id
+        if self._best_id is None or score > self._score_of_id(self._best_id):
+            self._best_id = record.spec.request_id
+            self._trials_since_best = 0
+        else:
+            self._trials_since_best += 1
+
+    # ----- reads -----
+    def score(self, record: TrialRecord) -> float | None:
+        """Larger-is-better score of a successful trial, None otherwise."""
+        if record.result is None or not record.result.outcome.succeeded:
+            return None
+        return self.metric.score_of(record.result.metrics)
+
+    def _score_of_id(self, request_id: str) -> float:
+        score = self.score(self._records[request_id])
+        assert score is not None
+        return score
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._records
+
+    def __getitem__(self, request_id: str) -> TrialRecord:
+        return self._records[request_id]
+
+    def records(self) -> Iterator[TrialRecord]:
+        """All records in creation order."""
+        return iter(self._records.values())
+
+    def finished_records(self) -> list[TrialRecord]:
+        """Finished records in completion order."""
+        return [self._records[rid] for rid in self._finished_order]
+
+    @property
+    def profile_record(self) -> TrialRecord | None:
+        return None if self._profile_id is None else self._records[self._profile_id]
+
+    @property
+    def num_created(self) -> int:
+        return len(self._records)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_finished(self) -> int:
+        return len(self._finished_order)
+
+    def running_ids(self) -> list[str]:
+        return list(self._running)
+
+    def is_running(self, request_id: str) -> bool:
+        return request_id in self._running
+
+    def lineage(self, lineage_id: str) -> list[TrialRecord]:
+        """The trials of a lineage, oldest first."""
+        return [self._records[rid] for rid in self._lineages.get(lineage_id, [])]
+
+    def lineage_size(self, lineage_id: str) -> int:
+        return len(self._lineages.get(lineage_id, []))
+
+    def latest_in_lineage(self, lineage_id: str) -> TrialRecord | None:
+        ids = self._lineages.get(lineage_id)
+        return self._records[ids[-1]] if ids else None
+
+    def best(self) -> TrialRecord | None:
+        return None if self._best_id is None else self._records[self._best_id]
+
+    def best_score(self) -> float | None:
+        return None if self._best_id is None else self._score_of_id(self._best_id)
+
+    def best_for_stage(self, stage: int) -> TrialRecord | None:
+        rid = self._best_by_stage.get(stage)
+        return None if rid is None else self._records[rid]
+
+    def best_by_stage(self) -> dict[int, TrialRecord]:
+        return {stage: self._records[rid] for stage, rid in sorted(self._best_by_stage.items())}
+
+    def successful_stages(self) -> set[int]:
+        return set(self._max_ok_mbs_by_stage)
+
+    def max_successful_mbs(self, stage: int) -> int | None:
+        return self._max_ok_mbs_by_stage.get(stage)
+
+    @property
+    def trials_since_best(self) -> int:
+        return self._trials_since_best
+
+    def capacity(self) -> int:
+        """How many more trials may be created right now without breaking a limit."""
+        by_concurrency = self.limits.concurrent_cap - self.num_running
+        by_budget = self.limits.max_trials - self.num_created
+        return max(0, min(by_concurrency, by_budget))
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.num_created >= self.limits.max_trials
+
+    # ----- persistence -----
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "metric": self.metric.value,
+            "limits": self.limits.to_json(),
+            "profile": None if self.profile is None else self.profile.to_json(),
+            "records": [r.to_json() for r in self._records.values()],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tracker:
+        """Rebuild a tracker; bests and indexes are recomputed by replaying completions."""
+        version = data.get("version")
+        if version != STATE_VERSION:
+            raise ValueError(f"unsupported tracker state version {version!r}")
+        tracker = cls(Metric.parse(data["metric"]), Limits(**data["limits"]))
+        if data.get("profile") is not None:
+            tracker.profile = ModelProfile.from_metrics(data["profile"])
+        records = [TrialRecord.from_json(r) for r in data["records"]]
+        for record in records:
+            tracker.add(record.spec)
+        finished = sorted((r for r in records if r.finished), key=lambda r: r.finished_seq or 0)
+        for record in finished:
+            assert record.result is not None
+            tracker.finish(record.spec.request_id, record.result)
+        return tracker
