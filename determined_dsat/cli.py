@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import pathlib
@@ -203,8 +204,14 @@ class MethodCli:
 
 METHODS: dict[str, MethodCli] = {
     "asha": MethodCli("ASHA over random configs (arXiv:1810.05934)", _add_asha, _asha_options),
-    "binary": MethodCli("binary search per ZeRO stage", _add_search_range_factor, _binary_options),
-    "random": MethodCli("random configs, each binary-searched", _add_random, _random_options),
+    "binary": MethodCli(
+        "bisection on micro-batch size for random ZeRO configs",
+        _add_search_range_factor,
+        _binary_options,
+    ),
+    "random": MethodCli(
+        "random ZeRO configs, each with a short micro-batch lineage", _add_random, _random_options
+    ),
 }
 """Search methods by subcommand name; add an entry (and to ``settings.METHOD_OPTIONS``)."""
 
@@ -398,6 +405,25 @@ def _check_against_experiment(settings: SearchSettings, experiment: Experiment) 
         )
 
 
+def _saved_settings(requested: SearchSettings) -> SearchSettings:
+    """On ``--resume``, the settings the search started with (flags given now are ignored,
+    so a resumed search makes the same decisions)."""
+    path = requested.run_dir / "settings.json"
+    try:
+        saved = json.loads(path.read_text())
+        settings = SearchSettings.from_json(saved)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing; cannot resume this run directory") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: unreadable saved settings ({e})") from None
+    if settings.method != requested.method:
+        raise ConfigError(
+            f"--resume {requested.run_dir}: that search used method {settings.method!r}, "
+            f"not {requested.method!r}"
+        )
+    return attrs.evolve(settings, resume=True, run_dir=requested.run_dir)
+
+
 def _shown(path: pathlib.Path) -> str:
     try:
         return os.path.join(".", path.relative_to(pathlib.Path.cwd()))
@@ -415,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             settings, why = _settings(args)
+            if settings.resume:
+                settings = _saved_settings(settings)
             experiment = load_experiment(settings.config_path, settings.model_dir)
             _check_against_experiment(settings, experiment)
         except SystemExit as e:  # --help

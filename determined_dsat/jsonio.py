@@ -12,11 +12,28 @@ from typing import Any
 def write_json_atomic(path: pathlib.Path, data: Any, *, indent: int | None = 2) -> None:
     """Write ``data`` as JSON to ``path`` so readers see the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # json.dumps, not json.dump: dump streams through the pure-Python encoder.
+    text = json.dumps(data, indent=indent) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=indent, sort_keys=False)
-            f.write("\n")
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_lines_atomic(path: pathlib.Path, rows: list[Any]) -> None:
+    """Replace a JSON-lines file with ``rows``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -379,13 +379,37 @@ def test_default_run_dir_is_made_unique(
     assert launch.settings.run_dir == tmp_path / "dsat-runs" / "20240102-030405-asha-3"
 
 
-def test_resume(run: Run, launch: Launch, tmp_path: pathlib.Path) -> None:
+def test_resume_uses_saved_settings(run: Run, launch: Launch, tmp_path: pathlib.Path) -> None:
+    assert run("binary", "--max-trials", "9", "--random-seed", "7", "--run-dir", "old")[0] == 0
+    saved = launch.settings
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "state.json").write_text("{}")
+    (tmp_path / "old" / "settings.json").write_text(json.dumps(saved.to_json()))
+    launch.calls.clear()
+    code, err = run("binary", "--max-trials", "50", "--resume", "old")
+    assert code == 0, err
+    resumed = launch.settings
+    assert resumed.resume and resumed.run_dir == tmp_path / "old"
+    # The saved budget and seed win over flags given with --resume.
+    assert (resumed.max_trials, resumed.random_seed) == (9, 7)
+    assert "resuming ./old" in err
+
+
+def test_resume_refuses_other_method(run: Run, launch: Launch, tmp_path: pathlib.Path) -> None:
+    assert run("binary", "--run-dir", "old")[0] == 0
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "state.json").write_text("{}")
+    (tmp_path / "old" / "settings.json").write_text(json.dumps(launch.settings.to_json()))
+    launch.calls.clear()
+    code, err = run("asha", "--resume", "old")
+    assert code == 2 and "method 'binary'" in err and not launch.calls
+
+
+def test_resume_without_saved_settings(run: Run, launch: Launch, tmp_path: pathlib.Path) -> None:
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "state.json").write_text("{}")
     code, err = run("binary", "--resume", "old")
-    assert code == 0
-    assert launch.settings.resume and launch.settings.run_dir == tmp_path / "old"
-    assert "resuming ./old" in err
+    assert code == 2 and "settings.json" in err and not launch.calls
 
 
 def test_replay_sources(run: Run, launch: Launch, project: pathlib.Path) -> None:

@@ -10,7 +10,7 @@ import logging
 import pathlib
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -228,22 +228,28 @@ class DSATSearchMethod(searcher.SearchMethod):
         ]
 
     # ----- persistence -----
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able state; :meth:`load_state_dict` on a fresh adapter continues identically."""
+    def state_dict(self, journaled: int = 0) -> dict[str, Any]:
+        """JSON-able state; :meth:`load_state_dict` on a fresh adapter continues identically.
+
+        ``journaled``: how many finished records (in completion order) the caller keeps
+        in a journal instead (see :meth:`Tracker.to_json`).
+        """
         return {
             "version": ADAPTER_STATE_VERSION,
             "method": self.policy.name,
             "seed": self.seed,
             "next_seq": self.next_seq,
             "rng": _jsonable_rng_state(self.rng),
-            "tracker": self.tracker.to_json(),
+            "tracker": self.tracker.to_json(journaled),
             "policy": self.policy.state_dict(),
             "stop_message": self.stop_message,
             "failed": self.failed,
             "shutdown_sent": self._shutdown_sent,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(
+        self, state: Mapping[str, Any], journal: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
         version = state.get("version")
         if version != ADAPTER_STATE_VERSION:
             raise ValueError(f"unsupported search state version {version!r}")
@@ -254,7 +260,7 @@ class DSATSearchMethod(searcher.SearchMethod):
         self.seed = int(state["seed"])
         self.next_seq = int(state["next_seq"])
         self.rng.bit_generator.state = state["rng"]
-        self.tracker = Tracker.from_json(state["tracker"])
+        self.tracker = Tracker.from_json(state["tracker"], journal)
         self.policy.load_state_dict(state["policy"])
         self.stop_message = state.get("stop_message")
         self.failed = bool(state.get("failed", False))

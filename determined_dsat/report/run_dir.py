@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from determined_dsat.errors import ConfigError, RunDirLockedError
-from determined_dsat.jsonio import append_json_line, write_json_atomic
+from determined_dsat.jsonio import append_json_line, write_json_atomic, write_json_lines_atomic
 from determined_dsat.trials.records import TrialRecord
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -44,6 +44,7 @@ class RunDirectory:
         self.log_path = self.path / "dsat.log"
         self.trials_dir = self.path / "trials"
         self.lock_path = self.path / ".lock"
+        self.journal_path = self.path / "state-journal.jsonl"
         self._lock_fd: int | None = None
         self._lock_pid = 0
 
@@ -162,25 +163,19 @@ class RunDirectory:
 
         Raises ``ConfigError`` naming the line when an earlier line is corrupt.
         """
-        try:
-            text = self.trials_path.read_text()
-        except FileNotFoundError:
-            return []
-        lines = text.split("\n")
-        torn_ok = len(lines) - 1 if not text.endswith("\n") else -1
-        out: list[dict[str, Any]] = []
-        for i, raw in enumerate(lines):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError:
-                obj = None
-            if isinstance(obj, dict):
-                out.append(obj)
-            elif i != torn_ok:
-                raise ConfigError(f"{self.trials_path}:{i + 1}: not a JSON object")
-        return out
+        return _read_json_lines(self.trials_path)
+
+    def append_journal(self, entries: list[dict[str, Any]]) -> None:
+        """Append finished trial records to the state journal (see ``write_state``)."""
+        for entry in entries:
+            append_json_line(self.journal_path, entry)
+
+    def read_journal(self) -> list[dict[str, Any]]:
+        return _read_json_lines(self.journal_path)
+
+    def rewrite_journal(self, entries: list[dict[str, Any]]) -> None:
+        """Replace the journal, e.g. to drop entries newer than the saved state."""
+        write_json_lines_atomic(self.journal_path, entries)
 
     def _drop_torn_tail(self) -> None:
         try:
@@ -207,7 +202,12 @@ class RunDirectory:
         write_json_atomic(self.best_metrics_path, dict(metrics))
 
     def write_state(self, state: Mapping[str, Any]) -> None:
-        write_json_atomic(self.state_path, dict(state))
+        """Write ``state.json`` atomically and compactly.
+
+        Finished trial records live in ``state-journal.jsonl`` (append-only), so this
+        snapshot stays small however many trials have run.
+        """
+        write_json_atomic(self.state_path, dict(state), indent=None)
 
     def read_state(self) -> dict[str, Any] | None:
         """The saved search state, or None when there is none."""
@@ -219,6 +219,29 @@ class RunDirectory:
     def read_settings(self) -> dict[str, Any] | None:
         """The saved settings, or None when there are none."""
         return _read_json_object(self.settings_path)
+
+
+def _read_json_lines(path: pathlib.Path) -> list[dict[str, Any]]:
+    """JSON objects of a JSON-lines file; a torn last line is skipped, others must parse."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")
+    torn_ok = len(lines) - 1 if not text.endswith("\n") else -1
+    out: list[dict[str, Any]] = []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            out.append(obj)
+        elif i != torn_ok:
+            raise ConfigError(f"{path}:{i + 1}: not a JSON object")
+    return out
 
 
 def _read_pid(fd: int) -> int | None:

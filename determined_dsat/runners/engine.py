@@ -218,15 +218,17 @@ class SearchEngine:
             "shutdown": None
             if self.shutdown is None
             else {"cancel": self.shutdown.cancel, "failure": self.shutdown.failure},
+            # Ended trials are not needed to resume; leaving them out keeps this small.
             "trials": [
                 {
                     "request_id": t.request_id,
                     "hparams": t.hparams,
                     "length": t.length,
-                    "result": None if t.result is None else t.result.to_json(),
+                    "result": None,
                     "closed": t.closed,
                 }
                 for t in self.trials.values()
+                if t.result is None and not t.closed
             ],
         }
 

@@ -100,6 +100,7 @@ class Session:
         self._stream = sys.stderr if progress_stream is None else progress_stream
         self._best_id: str | None = None
         self._already_logged: set[str] = set()
+        self._journaled = 0
 
     def run(self) -> SearchOutcome:
         with self.run_dir:
@@ -143,7 +144,13 @@ class Session:
             raise ConfigError(f"{self.run_dir.path}: nothing to resume (no state.json)")
         if state.get("version") != SESSION_STATE_VERSION:
             raise ConfigError(f"{self.run_dir.state_path}: unsupported state version")
-        self.method.load_state_dict(state["method"])
+        journaled = int(state["method"]["tracker"].get("journaled", 0))
+        journal = self.run_dir.read_journal()
+        if len(journal) > journaled:
+            # Written after the last saved state: the resumed search re-derives them.
+            self.run_dir.rewrite_journal(journal[:journaled])
+        self.method.load_state_dict(state["method"], journal)
+        self._journaled = journaled
         engine.load_state_dict(state["engine"])
         restore = getattr(executor, "load_state_dict", None)
         if restore is not None and state.get("executor") is not None:
@@ -186,11 +193,14 @@ class Session:
         self._bar.update(tracker.num_finished, tracker.num_running, label)
 
     def _checkpoint(self, engine: SearchEngine, executor: TrialExecutor) -> None:
+        fresh = self.method.tracker.finished_since(self._journaled)
+        self.run_dir.append_journal([r.to_json() for r in fresh])
+        self._journaled += len(fresh)
         snapshot = getattr(executor, "state_dict", None)
         self.run_dir.write_state(
             {
                 "version": SESSION_STATE_VERSION,
-                "method": self.method.state_dict(),
+                "method": self.method.state_dict(self._journaled),
                 "engine": engine.state_dict(),
                 "executor": None if snapshot is None else snapshot(),
             }

@@ -6,7 +6,7 @@ search's per-event cost stays flat as trials accumulate.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -199,25 +199,39 @@ class Tracker:
         return self.num_created >= self.limits.max_trials
 
     # ----- persistence -----
-    def to_json(self) -> dict[str, Any]:
+    def finished_since(self, count: int) -> list[TrialRecord]:
+        """Records that finished after the first ``count``, in completion order."""
+        return [self._records[rid] for rid in self._finished_order[count:]]
+
+    def to_json(self, journaled: int = 0) -> dict[str, Any]:
+        """JSON state. The first ``journaled`` finished records are left out: the caller
+        keeps them in an append-only journal and passes them back to :meth:`from_json`."""
+        skipped = set(self._finished_order[:journaled])
         return {
             "version": STATE_VERSION,
             "metric": self.metric.value,
             "limits": self.limits.to_json(),
             "profile": None if self.profile is None else self.profile.to_json(),
-            "records": [r.to_json() for r in self._records.values()],
+            "journaled": journaled,
+            "records": [r.to_json() for rid, r in self._records.items() if rid not in skipped],
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Tracker:
+    def from_json(
+        cls, data: Mapping[str, Any], journal: Sequence[Mapping[str, Any]] = ()
+    ) -> Tracker:
         """Rebuild a tracker; bests and indexes are recomputed by replaying completions."""
         version = data.get("version")
         if version != STATE_VERSION:
             raise ValueError(f"unsupported tracker state version {version!r}")
+        journaled = int(data.get("journaled", 0))
+        if len(journal) < journaled:
+            raise ValueError(f"the state needs {journaled} journaled trials, found {len(journal)}")
         tracker = cls(Metric.parse(data["metric"]), Limits(**data["limits"]))
         if data.get("profile") is not None:
             tracker.profile = ModelProfile.from_metrics(data["profile"])
-        records = [TrialRecord.from_json(r) for r in data["records"]]
+        rows = [*journal[:journaled], *data["records"]]
+        records = sorted((TrialRecord.from_json(r) for r in rows), key=lambda r: r.spec.seq)
         for record in records:
             tracker.add(record.spec)
         finished = sorted((r for r in records if r.finished), key=lambda r: r.finished_seq or 0)
