@@ -18,15 +18,16 @@ def size(bounds: SearchBounds, grid: MicroBatchGrid) -> int:
 
 
 def midpoint(bounds: SearchBounds, grid: MicroBatchGrid) -> int | None:
-    """The allowed micro-batch in the middle of the range (upper median), or None if empty.
+    """The next micro-batch to try in the range, or None if it is empty.
 
-    The upper median is taken because throughput grows with micro-batch size: of two
-    middle candidates, the larger one teaches as much and is more likely the answer.
+    Bisection takes the upper median: throughput grows with micro-batch size, so of two
+    middle candidates the larger one teaches as much and is more likely the answer.
+    Right after a widening it takes the new ceiling itself (galloping search).
     """
     n = size(bounds, grid)
     if n == 0:
         return None
-    return grid.nth_in(bounds.lo, bounds.hi, n // 2)
+    return grid.nth_in(bounds.lo, bounds.hi, n - 1 if bounds.probe_ceiling else n // 2)
 
 
 def narrow(
@@ -37,17 +38,21 @@ def narrow(
     ``fitted`` is whether the trial at ``mbs`` ran (any non-OOM, non-crash result).
     """
     if not fitted:
-        narrowed = SearchBounds(lo=bounds.lo, hi=mbs - 1, hi_is_hard=True)
-    elif mbs >= bounds.hi and not bounds.hi_is_hard:
+        narrowed: SearchBounds | None = SearchBounds(lo=bounds.lo, hi=mbs - 1, hi_is_hard=True)
+    elif not bounds.hi_is_hard and grid.count_in(mbs + 1, bounds.hi) == 0:
         narrowed = _widen(mbs, grid)
     else:
         narrowed = SearchBounds(lo=mbs + 1, hi=bounds.hi, hi_is_hard=bounds.hi_is_hard)
-    return narrowed if size(narrowed, grid) > 0 else None
+    return narrowed if narrowed is not None and size(narrowed, grid) > 0 else None
 
 
-def _widen(mbs: int, grid: MicroBatchGrid) -> SearchBounds:
-    hi = 2 * mbs
+def _widen(mbs: int, grid: MicroBatchGrid) -> SearchBounds | None:
+    """Double the range above a success at the soft ceiling, and probe the new ceiling."""
+    following = grid.next_above(mbs)
+    if following is None:
+        return None
+    hi = max(2 * mbs, following)
     cap = grid.max_mbs
     if cap is not None and hi >= cap:
-        return SearchBounds(lo=mbs + 1, hi=cap, hi_is_hard=True)
-    return SearchBounds(lo=mbs + 1, hi=hi, hi_is_hard=False)
+        return SearchBounds(lo=mbs + 1, hi=cap, hi_is_hard=True, probe_ceiling=True)
+    return SearchBounds(lo=mbs + 1, hi=hi, hi_is_hard=False, probe_ceiling=True)

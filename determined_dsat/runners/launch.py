@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from determined_dsat.errors import SearchError
@@ -43,19 +44,28 @@ def _run_replay(settings: SearchSettings, experiment: Experiment) -> int:
     if settings.run_full_experiment:
         logger.warning("--run-full-experiment does nothing with --backend replay")
     session = Session(settings, experiment, make_executor)
-    _log_to_run_dir(session.run_dir)
-    outcome = session.run()
+    with _log_to_run_dir(session.run_dir):
+        outcome = session.run()
     _print_summary(settings, session.run_dir, outcome)
     return 1 if outcome.failed else 0
 
 
-def _log_to_run_dir(run_dir: RunDirectory) -> None:
+@contextlib.contextmanager
+def _log_to_run_dir(run_dir: RunDirectory) -> Iterator[None]:
+    """Send the package's log to ``dsat.log`` in the run directory for one search."""
     run_dir.path.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir.log_path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("determined_dsat")
+    previous_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+        handler.close()
 
 
 def _print_summary(settings: SearchSettings, run_dir: RunDirectory, outcome: SearchOutcome) -> None:

@@ -224,6 +224,19 @@ class ReplayExecutor:
         self.clock = max(self.clock, finish)
         return Completion(request_id=request_id, result=result, length=length)
 
+    def take(self, request_id: str) -> None:
+        """Drop a trial already known to have finished, advancing the clock to its end.
+
+        Used on resume for a trial that was logged but not yet in the saved state, so
+        trials launched after it get the same simulated times as in the first run.
+        """
+        for i, (finish, _, rid, _, _) in enumerate(self._heap):
+            if rid == request_id:
+                self.clock = max(self.clock, finish)
+                self._heap.pop(i)
+                heapq.heapify(self._heap)
+                return
+
     @property
     def num_running(self) -> int:
         return len(self._heap)

@@ -164,6 +164,9 @@ class Session:
             line = logged.get(trial.request_id)
             if trial.result is None and line is not None:
                 # Finished and logged before the crash, but not in the saved state.
+                take = getattr(executor, "take", None)
+                if take is not None:
+                    take(trial.request_id)
                 engine.complete(_completion_from_line(line, trial))
         logger.info(
             "resumed: %d trials finished, %d running",

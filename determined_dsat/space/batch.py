@@ -141,6 +141,15 @@ class MicroBatchGrid:
         snapped = (mbs // self.divisible_by) * self.divisible_by
         return snapped if snapped >= 1 else None
 
+    def next_above(self, mbs: int) -> int | None:
+        """The smallest allowed micro-batch above ``mbs``, or None."""
+        if self.train_batch_size is not None:
+            cands = self.fixed_candidates()
+            i = bisect.bisect_right(cands, mbs)
+            return cands[i] if i < len(cands) else None
+        d = self.divisible_by
+        return (mbs // d + 1) * d
+
     def batch_config(self, mbs: int) -> BatchConfig:
         """The consistent batch settings for a micro-batch on this grid."""
         if self.train_batch_size is None:
