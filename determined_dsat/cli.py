@@ -79,8 +79,9 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
     metrics = [m.value for m in Metric]
     _opt(
         p, "-m --metric", f"metric to optimize: {', '.join(metrics)} (forward, backward and "
-        "latency are minimized)", choices=metrics, metavar="METRIC",
-        default=Metric.FLOPS_PER_GPU.value,
+        "latency are minimized; throughput is the default because DeepSpeed's FLOPS_per_gpu "
+        "is inflated at ZeRO-3)", choices=metrics, metavar="METRIC",
+        default=Metric.THROUGHPUT.value,
     )  # fmt: skip
     _opt(p, "--run-full-experiment", "after the search, train fully with the best config",
          action="store_true")  # fmt: skip
@@ -125,6 +126,12 @@ def _add_runner(p: argparse.ArgumentParser) -> None:
          metavar="PATH")  # fmt: skip
     _opt(p, "--max-search-runner-restarts", "how often the cluster may restart the search "
          "runner", type=int, default=S.DEFAULT_MAX_SEARCH_RUNNER_RESTARTS)  # fmt: skip
+    _opt(p, "--trial-timeout", "local backend: stop a trial (every process of it) after this "
+         "many seconds and record it as timed out", type=float,
+         default=S.DEFAULT_TRIAL_TIMEOUT_S, metavar="SECONDS")  # fmt: skip
+    _opt(p, "--trial-memory-limit", "local backend: cap each trial process's memory at this "
+         "many MiB (to share a machine, or to test OOM handling)", type=int,
+         metavar="MIB")  # fmt: skip
 
 
 def _add_search_range_factor(p: argparse.ArgumentParser) -> None:
@@ -159,6 +166,7 @@ _MINIMUM = {
     "divisible_by": 1, "max_search_runner_restarts": 0, "start_profile_step": 1,
     "trials_per_random_config": 1, "early_stopping": 1, "max_rungs": 1,
     "min_binary_search_trials": 1, "asha_early_stopping": 0, "divisor": 2,
+    "trial_memory_limit": 1,
 }  # fmt: skip
 """The least value of each integer flag (by dest) that has one; ``None`` means not given."""
 
@@ -336,7 +344,7 @@ def _check_profile_steps(a: argparse.Namespace) -> None:
 _AS_GIVEN = (
     "max_trials", "max_concurrent_trials", "max_slots", "run_full_experiment", "random_seed",
     "start_profile_step", "end_profile_step", "max_search_runner_restarts", "train_batch_size",
-    "divisible_by",
+    "divisible_by", "trial_memory_limit",
 )  # fmt: skip
 """``SearchSettings`` fields taken from the flags of the same name as they are."""
 
@@ -355,6 +363,10 @@ def _settings(argv: Sequence[str]) -> tuple[SearchSettings, str]:
     stages = _zero_stages(a.zero_stages)
     _check_minimums(a)
     _check_profile_steps(a)
+    if not (math.isfinite(a.trial_timeout) and a.trial_timeout > 0):
+        raise ConfigError(
+            f"--trial-timeout must be a positive number of seconds, got {a.trial_timeout}"
+        )
     options = METHODS[a.method].options(a)
     config_path = _abs(a.config_path)
     if not config_path.is_file():
@@ -381,6 +393,7 @@ def _settings(argv: Sequence[str]) -> tuple[SearchSettings, str]:
         replay_source=_replay_source(a, backend),
         offload=_offload(a.offload, stages),
         resume=resume,
+        trial_timeout_s=a.trial_timeout,
         **{name: getattr(a, name) for name in _AS_GIVEN},
     )
     return settings, why

@@ -18,6 +18,8 @@ DEFAULT_START_PROFILE_STEP = 3
 DEFAULT_END_PROFILE_STEP = 5
 DEFAULT_RANDOM_SEED = 42
 DEFAULT_MAX_SEARCH_RUNNER_RESTARTS = 5
+# Long enough for a first trial that compiles DeepSpeed's ops and loads a large model.
+DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 
 
 class Backend(enum.Enum):
@@ -82,7 +84,7 @@ class SearchSettings:
     max_trials: int = DEFAULT_MAX_TRIALS
     max_concurrent_trials: int = DEFAULT_MAX_CONCURRENT_TRIALS
     max_slots: int | None = None
-    metric: Metric = Metric.FLOPS_PER_GPU
+    metric: Metric = Metric.THROUGHPUT
     run_full_experiment: bool = False
     zero_stages: tuple[int, ...] = DEFAULT_ZERO_STAGES
     start_profile_step: int = DEFAULT_START_PROFILE_STEP
@@ -95,6 +97,8 @@ class SearchSettings:
     divisible_by: int = 1
     offload: frozenset[OffloadTarget] = frozenset()
     resume: bool = False
+    trial_timeout_s: float = DEFAULT_TRIAL_TIMEOUT_S
+    trial_memory_limit: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON form, used to ship settings to an on-cluster runner (never pickle)."""
@@ -124,6 +128,8 @@ class SearchSettings:
             "divisible_by": self.divisible_by,
             "offload": sorted(t.value for t in self.offload),
             "resume": self.resume,
+            "trial_timeout_s": self.trial_timeout_s,
+            "trial_memory_limit": self.trial_memory_limit,
         }
 
     @classmethod
@@ -154,6 +160,8 @@ class SearchSettings:
             divisible_by=int(d.get("divisible_by", 1)),
             offload=frozenset(OffloadTarget(t) for t in d.get("offload", [])),
             resume=bool(d.get("resume", False)),
+            trial_timeout_s=float(d.get("trial_timeout_s", DEFAULT_TRIAL_TIMEOUT_S)),
+            trial_memory_limit=d.get("trial_memory_limit"),
         )
 
 

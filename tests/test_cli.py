@@ -260,7 +260,7 @@ def test_binary_defaults(run: Run, launch: Launch, project: pathlib.Path) -> Non
     assert s.model_dir == project
     assert s.backend is Backend.LOCAL
     assert (s.max_trials, s.max_concurrent_trials, s.max_slots) == (64, 16, None)
-    assert s.metric is Metric.FLOPS_PER_GPU
+    assert s.metric is Metric.THROUGHPUT
     assert s.zero_stages == (1, 2, 3)
     assert (s.start_profile_step, s.end_profile_step, s.random_seed) == (3, 5, 42)
     assert (s.search_runner_config, s.max_search_runner_restarts) == (None, 5)
@@ -476,7 +476,7 @@ def test_help_lists_every_flag(method: str, capsys: pytest.CaptureFixture[str]) 
         assert re.search(rf"(^|[\s,\[]){re.escape(flag)}\b", text), flag
     for other in {f for fs in METHOD_FLAGS.values() for f in fs} - set(METHOD_FLAGS[method]):
         assert other not in text
-    defaults = ["64", "16", "FLOPS_per_gpu", "[1, 2, 3]", "42", "5", "3", "1"]
+    defaults = ["64", "16", "throughput", "[1, 2, 3]", "42", "5", "3", "1"]
     for default in defaults:
         assert f"(default: {default})" in " ".join(text.split()), default
     assert "DET_MASTER" in text and "config_path" in text and "model_dir" in text

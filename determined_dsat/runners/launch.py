@@ -24,9 +24,13 @@ def run_search(settings: SearchSettings, experiment: Experiment) -> int:
     """Run a search to its end; returns the process exit code (0 when a config was found)."""
     if settings.backend is Backend.REPLAY:
         return _run_replay(settings, experiment)
+    if settings.backend is Backend.LOCAL:
+        from determined_dsat.runners.local_search import run_local
+
+        return run_local(settings, experiment)
     raise SearchError(
-        f"the {settings.backend.value} backend is not available in this version yet; "
-        "use --backend replay --replay-source SRC"
+        "the determined backend is not available in this version yet; "
+        "use --backend local (this machine) or --backend replay"
     )
 
 
@@ -44,14 +48,14 @@ def _run_replay(settings: SearchSettings, experiment: Experiment) -> int:
     if settings.run_full_experiment:
         logger.warning("--run-full-experiment does nothing with --backend replay")
     session = Session(settings, experiment, make_executor)
-    with _log_to_run_dir(session.run_dir):
+    with log_to_run_dir(session.run_dir):
         outcome = session.run()
-    _print_summary(settings, session.run_dir, outcome)
+    print_summary(settings, session.run_dir, outcome)
     return 1 if outcome.failed else 0
 
 
 @contextlib.contextmanager
-def _log_to_run_dir(run_dir: RunDirectory) -> Iterator[None]:
+def log_to_run_dir(run_dir: RunDirectory) -> Iterator[None]:
     """Send the package's log to ``dsat.log`` in the run directory for one search."""
     run_dir.path.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir.log_path)
@@ -68,7 +72,7 @@ def _log_to_run_dir(run_dir: RunDirectory) -> Iterator[None]:
         handler.close()
 
 
-def _print_summary(settings: SearchSettings, run_dir: RunDirectory, outcome: SearchOutcome) -> None:
+def print_summary(settings: SearchSettings, run_dir: RunDirectory, outcome: SearchOutcome) -> None:
     found = outcome.best is not None
     print(
         console.render_summary(

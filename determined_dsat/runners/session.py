@@ -105,6 +105,7 @@ class Session:
     def run(self) -> SearchOutcome:
         with self.run_dir:
             executor = self._make_executor(self.space, self.run_dir)
+            self.executor = executor
             engine = SearchEngine(self.method, executor, self._on_trial_finished, None)
             engine._on_checkpoint = lambda: self._checkpoint(engine, executor)
             bar = console.ProgressBar(self.settings.max_trials, self._stream)
@@ -125,6 +126,8 @@ class Session:
                     engine.start()
                 engine.run()
             finally:
+                # Also on Ctrl-C: no trial process may outlive the search.
+                executor.cancel_all()
                 bar.close()
             return self._outcome()
 

@@ -1,0 +1,140 @@
+"""A search whose trials are DeepSpeed processes on this machine (``--backend local``)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import types
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+
+from determined_dsat.errors import ConfigError
+from determined_dsat.report.run_dir import RunDirectory
+from determined_dsat.runners.devices import Slots, detect_slots
+from determined_dsat.runners.entrypoint import LocalCommand, parse_entrypoint
+from determined_dsat.runners.launch import log_to_run_dir, print_summary
+from determined_dsat.runners.local import LocalExecutor, LocalTrialOptions
+from determined_dsat.runners.session import SearchOutcome, Session
+from determined_dsat.runners.warmup import warm_up_ops
+from determined_dsat.settings import SearchSettings
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.space.ds_config import AUTOTUNING_KEY, OVERWRITE_KEY, USE_DSAT_MODE_KEY
+from determined_dsat.space.experiment import Experiment
+from determined_dsat.trials.records import Outcome
+
+logger = logging.getLogger("determined_dsat")
+
+FULL_EXPERIMENT_ID = "full-experiment"
+
+
+def run_local(settings: SearchSettings, experiment: Experiment) -> int:
+    """Run the search locally, then the full experiment if asked; returns the exit code."""
+    command = _local_command(experiment)
+    slots = detect_slots()
+    settings = _fit_to_machine(settings, experiment, slots)
+    if settings.run_full_experiment and not experiment.max_length:
+        raise ConfigError(
+            f"{experiment.config_path.name}: --run-full-experiment needs searcher.max_length "
+            "(how long to train with the best config)"
+        )
+    options = LocalTrialOptions(
+        experiment_config=experiment.raw,
+        model_dir=experiment.model_dir,
+        command=command,
+        slots_per_trial=experiment.slots_per_trial,
+        includes=settings.include,
+        trial_timeout_s=settings.trial_timeout_s,
+        memory_limit_mb=settings.trial_memory_limit,
+    )
+
+    def make_executor(_: ConfigSpace, run_dir: RunDirectory) -> LocalExecutor:
+        return LocalExecutor(options, slots, run_dir.trial_dir)
+
+    session = Session(settings, experiment, make_executor)
+    logger.info("local backend: %d %s slot(s) %s", len(slots.ids), slots.kind, list(slots.ids))
+    with _terminate_as_interrupt(), log_to_run_dir(session.run_dir):
+        warm_up_ops(experiment.ds_config, slots, session.run_dir.path / "warmup.log")
+        outcome = session.run()
+        print_summary(settings, session.run_dir, outcome)
+        if settings.run_full_experiment and outcome.best is not None:
+            return _run_full_experiment(session, outcome, experiment)
+    return 1 if outcome.failed else 0
+
+
+def _local_command(experiment: Experiment) -> LocalCommand:
+    where = f"{experiment.config_path.name}: entrypoint"
+    entrypoint = experiment.raw.get("entrypoint")
+    if not isinstance(entrypoint, (str, list)):
+        raise ConfigError(f"{experiment.config_path.name}: entrypoint is missing")
+    command = parse_entrypoint(entrypoint, where)
+    if command.trial_class is not None:
+        raise ConfigError(
+            f"{where}: Trial classes ({command.trial_class}) run on a Determined cluster; the "
+            "local backend runs Core API scripts (python3 -m determined.launch.deepspeed "
+            "python3 train.py)"
+        )
+    return command
+
+
+def _fit_to_machine(
+    settings: SearchSettings, experiment: Experiment, slots: Slots
+) -> SearchSettings:
+    available = len(slots.ids)
+    if experiment.slots_per_trial > available:
+        raise ConfigError(
+            f"{experiment.config_path.name}: resources.slots_per_trial is "
+            f"{experiment.slots_per_trial} but this machine has {available} {slots.kind}(s)"
+        )
+    cap = available if settings.max_slots is None else min(settings.max_slots, available)
+    return attrs.evolve(settings, max_slots=cap)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so the same cleanup stops every trial process."""
+
+    def interrupt(signum: int, frame: types.FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def full_experiment_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The best trial's hyperparameters for a normal training run: no autotuning, no dsat mode."""
+    result = {k: v for k, v in hparams.items() if k != USE_DSAT_MODE_KEY}
+    overwrites = dict(result.get(OVERWRITE_KEY) or {})
+    overwrites.pop(AUTOTUNING_KEY, None)
+    result[OVERWRITE_KEY] = overwrites
+    return result
+
+
+def _run_full_experiment(session: Session, outcome: SearchOutcome, experiment: Experiment) -> int:
+    assert outcome.best is not None and experiment.max_length is not None
+    executor = session.executor
+    hparams = full_experiment_hparams(session.space.hparams(outcome.best.spec))
+    print(f"Training for {experiment.max_length} batches with the best config ...", file=sys.stderr)
+    with session.run_dir:
+        executor.launch(FULL_EXPERIMENT_ID, hparams, experiment.max_length)
+        try:
+            completion = executor.next_completion()
+        finally:
+            executor.cancel_all()
+    trial_dir = session.run_dir.trial_dir(FULL_EXPERIMENT_ID)
+    if completion.result.outcome is not Outcome.OK:
+        print(
+            f"The full experiment failed ({completion.result.outcome.value}); logs in {trial_dir}"
+        )
+        return 1
+    print(
+        f"Full experiment done in {completion.result.duration_s:.0f} s: "
+        f"metrics {dict(completion.result.metrics)}; checkpoints in {trial_dir / 'checkpoints'}"
+    )
+    return 0
