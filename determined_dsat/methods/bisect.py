@@ -8,6 +8,8 @@ instead of ending the search: estimates err low as often as high.
 
 from __future__ import annotations
 
+import math
+
 from determined_dsat.space.batch import MicroBatchGrid
 from determined_dsat.trials.records import SearchBounds
 
@@ -40,18 +42,22 @@ def narrow(
     if not fitted:
         narrowed: SearchBounds | None = SearchBounds(lo=bounds.lo, hi=mbs - 1, hi_is_hard=True)
     elif not bounds.hi_is_hard and grid.count_in(mbs + 1, bounds.hi) == 0:
-        narrowed = _widen(mbs, grid)
+        narrowed = _widen(mbs, grid, galloping=bounds.probe_ceiling)
     else:
         narrowed = SearchBounds(lo=mbs + 1, hi=bounds.hi, hi_is_hard=bounds.hi_is_hard)
     return narrowed if narrowed is not None and size(narrowed, grid) > 0 else None
 
 
-def _widen(mbs: int, grid: MicroBatchGrid) -> SearchBounds | None:
-    """Double the range above a success at the soft ceiling, and probe the new ceiling."""
+def _widen(mbs: int, grid: MicroBatchGrid, galloping: bool) -> SearchBounds | None:
+    """Grow the range above a success at the soft ceiling, and probe the new ceiling.
+
+    The first step grows by half (the memory model is rarely off by more); further
+    steps double, so a far-away limit still takes O(log) trials.
+    """
     following = grid.next_above(mbs)
     if following is None:
         return None
-    hi = max(2 * mbs, following)
+    hi = max(2 * mbs if galloping else math.ceil(1.5 * mbs), following)
     cap = grid.max_mbs
     if cap is not None and hi >= cap:
         return SearchBounds(lo=mbs + 1, hi=cap, hi_is_hard=True, probe_ceiling=True)

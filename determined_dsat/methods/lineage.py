@@ -112,10 +112,24 @@ def start_lineage(
     range_factor: float,
     bounds: SearchBounds | None = None,
 ) -> Proposal:
-    """The first trial of a new lineage, at the middle of its starting range."""
+    """The first trial of a new lineage.
+
+    Once another lineage of the same stage has trained, the new one starts at the
+    largest micro-batch known to fit there (throughput grows with micro-batch size, so
+    that is where the answer usually is); otherwise at the middle of its range.
+    """
     lineage_id = book.new_id()
     book.open.append(lineage_id)
     memory = None if view.profile is None else space.memory_model(view.profile)
-    start = bounds or space.initial_bounds(memory, zero, range_factor)
-    mbs = bisect.midpoint(start, space.grid) or space.grid.min_mbs
+    evidence = view.memory_evidence(int(zero.get("stage", 0)))
+    start = bounds or space.initial_bounds(memory, zero, range_factor, evidence)
+    mbs = _first_probe(start, evidence[0], space) or space.grid.min_mbs
     return Proposal(zero=dict(zero), mbs=mbs, lineage_id=lineage_id, bounds=start)
+
+
+def _first_probe(bounds: SearchBounds, known_ok: int | None, space: ConfigSpace) -> int | None:
+    if known_ok is not None:
+        snapped = space.grid.snap_down(min(known_ok, bounds.hi))
+        if snapped is not None and snapped >= bounds.lo:
+            return snapped
+    return bisect.midpoint(bounds, space.grid)

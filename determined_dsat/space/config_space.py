@@ -69,17 +69,28 @@ class ConfigSpace:
         return memory.max_mbs(stage, Offload(optimizer=optimizer, param=param and stage == 3))
 
     def initial_bounds(
-        self, memory: MemoryModel | None, zero: Mapping[str, Any], range_factor: float = 1.0
+        self,
+        memory: MemoryModel | None,
+        zero: Mapping[str, Any],
+        range_factor: float = 1.0,
+        evidence: tuple[int | None, int | None] = (None, None),
     ) -> SearchBounds:
         """The micro-batch range a new lineage starts from.
 
-        The ceiling is the memory model's estimate scaled by ``range_factor``; it stays
-        soft (a success there widens the range) unless the grid caps it.
+        Without evidence the ceiling is the memory model's estimate scaled by
+        ``range_factor``, and soft (a success there widens the range). ``evidence`` is
+        what other lineages of the same stage learned, (largest micro-batch that
+        trained, smallest that ran out of memory): a known OOM makes the ceiling just
+        below it hard, since other knobs move memory use only a little.
         """
         lo = self.grid.min_mbs
-        estimate = math.floor(self.estimated_max_mbs(memory, zero) * range_factor)
-        hi = max(lo, estimate)
         cap = self.grid.max_mbs
+        max_ok, min_oom = evidence
+        if max_ok is not None and min_oom is not None and min_oom > max_ok:
+            hi = self.grid.snap_down(min_oom - 1) or lo
+            return SearchBounds(lo=lo, hi=max(lo, hi), hi_is_hard=True)
+        estimate = math.floor(self.estimated_max_mbs(memory, zero) * range_factor)
+        hi = max(lo, estimate, max_ok or 0)
         if cap is not None and hi >= cap:
             return SearchBounds(lo=lo, hi=cap, hi_is_hard=True)
         snapped = self.grid.snap_down(hi)

@@ -13,7 +13,7 @@ import attrs
 
 from determined_dsat.space.memory import ModelProfile
 from determined_dsat.space.metric import Metric
-from determined_dsat.trials.records import TrialKind, TrialRecord, TrialResult, TrialSpec
+from determined_dsat.trials.records import Outcome, TrialKind, TrialRecord, TrialResult, TrialSpec
 
 STATE_VERSION = 1
 
@@ -53,6 +53,7 @@ class Tracker:
         self._best_id: str | None = None
         self._best_by_stage: dict[int, str] = {}
         self._max_ok_mbs_by_stage: dict[int, int] = {}
+        self._min_oom_mbs_by_stage: dict[int, int] = {}
         self._trials_since_best = 0
         self._profile_id: str | None = None
 
@@ -85,6 +86,10 @@ class Tracker:
         self.profile = profile
 
     def _update_bests(self, record: TrialRecord) -> None:
+        assert record.result is not None
+        if record.result.outcome is Outcome.OOM:
+            stage, mbs = record.spec.stage, record.spec.mbs
+            self._min_oom_mbs_by_stage[stage] = min(self._min_oom_mbs_by_stage.get(stage, mbs), mbs)
         score = self.score(record)
         if score is None:
             if self._best_id is not None:
@@ -183,6 +188,13 @@ class Tracker:
 
     def max_successful_mbs(self, stage: int) -> int | None:
         return self._max_ok_mbs_by_stage.get(stage)
+
+    def memory_evidence(self, stage: int) -> tuple[int | None, int | None]:
+        """(largest micro-batch that trained, smallest that ran out of memory) at a stage.
+
+        Only OOMs count as ceilings here: a crash says nothing about memory.
+        """
+        return self._max_ok_mbs_by_stage.get(stage), self._min_oom_mbs_by_stage.get(stage)
 
     @property
     def trials_since_best(self) -> int:
