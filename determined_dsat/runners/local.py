@@ -9,6 +9,7 @@ its own process group, so a timeout or Ctrl-C ends every process it started.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import pathlib
@@ -42,6 +43,7 @@ DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 # After one rank fails, the others usually hang in a collective; give them this long.
 RANK_FAILURE_GRACE_S = 15.0
 KILL_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1
 _OUTPUTS = (SHEET_NAME, METRICS_NAME, METRIC_PATH, MODEL_INFO_PATH)
 
 
@@ -324,13 +326,24 @@ def _autotuning_on(hparams: Mapping[str, Any]) -> bool:
 
 
 def _limit_child(cpu: int | None, memory_limit_mb: int | None) -> None:
-    """Runs in the child before exec: pin to its core, cap its memory."""
+    """Runs in the child before exec: die with the runner, pin to its core, cap its memory."""
+    _die_with_parent()
     if cpu is not None:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cpu})
     if memory_limit_mb is not None:
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the runner dies, even by SIGKILL, so a
+    crashed runner leaves no trial behind (``--resume`` starts them again)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill_group(procs: list[subprocess.Popen[bytes]]) -> None:
