@@ -122,10 +122,16 @@ def install(sheet: TrialSheet) -> None:
     info = _cluster_info(sheet, rank)
     det.get_cluster_info = lambda: info  # type: ignore[assignment]
 
+    class LocalSearcher(core.DummySearcherContext):  # type: ignore[misc]
+        """One operation of the trial's length, in batches (the dummy says epochs)."""
+
+        def get_configured_units(self) -> Any:
+            return core.Unit.BATCHES
+
     def local_init(*, distributed: Any = None, **_: Any) -> Any:
         dist = distributed or core.DummyDistributedContext()
         context = _context._dummy_init(distributed=dist, checkpoint_storage=sheet.checkpoint_dir)
-        context.searcher = core.DummySearcherContext(dist, length=sheet.length)
+        context.searcher = LocalSearcher(dist, length=sheet.length)
         tap = _MetricsTap(context.train, pathlib.Path(sheet.metrics_path), dist.rank == 0)
         context.train = tap  # type: ignore[assignment]
         return context

@@ -31,13 +31,23 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def _device_memory_bytes() -> int:
+    """Device memory of this rank in bytes.
+
+    On a GPU, the device's total memory. On a CPU, this rank's share of host RAM (its
+    cores out of all cores: concurrent trials share the RAM), capped by the process's
+    address-space limit, which the local runner sets for ``--trial-memory-limit``.
+    """
+    import os
+    import resource
+
     import torch
 
     if torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(0).total_memory)
-    import os
-
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    share = ram * len(os.sched_getaffinity(0)) // max(1, os.cpu_count() or 1)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return int(share if soft == resource.RLIM_INFINITY else min(share, soft))
 
 
 def _results(workdir: pathlib.Path) -> dict[str, Any] | None:
@@ -76,11 +86,14 @@ def dsat_reporting_context(
     try:
         yield
     except SystemExit:
-        results = _results(workdir)
-        if results is not None:
-            report_results(core_context, op, steps, results)
+        # Only the chief reads: other ranks may exit while it is still writing the file
+        # (seen as a JSONDecodeError on rank 1 with DeepSpeed 0.19.8, ZeRO-3, 2 ranks).
+        if core_context.distributed.rank == 0:
+            results = _results(workdir)
+            if results is not None:
+                report_results(core_context, op, steps, results)
         raise
     except BaseException as exc:
-        if _is_oom(exc):
+        if _is_oom(exc) and core_context.distributed.rank == 0:
             report_results(core_context, op, steps, {OUTCOME_KEY: "oom", "error": str(exc)[:500]})
         raise

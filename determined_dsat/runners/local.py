@@ -117,13 +117,12 @@ class LocalExecutor:
         )
         sheet.write(trial_dir / SHEET_NAME)
         self._launches += 1
-        port = _free_port()
+        ports = _free_ports(3)
         procs: list[subprocess.Popen[bytes]] = []
         logs: list[pathlib.Path] = []
         for rank in range(n):
             log = trial_dir / f"rank{rank}.log"
-            group = procs[0].pid if procs else None
-            procs.append(self._spawn(trial_dir, rank, n, slots, port, log, pgid=group))
+            procs.append(self._spawn(trial_dir, rank, n, slots, ports, log))
             logs.append(log)
         now = time.monotonic()
         running = _Running(
@@ -182,9 +181,8 @@ class LocalExecutor:
         rank: int,
         world: int,
         slots: list[int],
-        port: int,
+        ports: list[int],
         log: pathlib.Path,
-        pgid: int | None,
     ) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.update(
@@ -199,7 +197,11 @@ class LocalExecutor:
             GROUP_WORLD_SIZE="1",
             DET_CHIEF_IP="127.0.0.1",
             MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
+            MASTER_PORT=str(ports[0]),
+            # Determined's DistributedContext binds these; fixed defaults would clash
+            # between concurrent trials.
+            INTER_TRAIN_PROCESS_COMM_PORT_1=str(ports[1]),
+            INTER_TRAIN_PROCESS_COMM_PORT_2=str(ports[2]),
             PYTHONUNBUFFERED="1",
             OMP_NUM_THREADS=str(self.options.threads_per_rank),
         )
@@ -218,8 +220,9 @@ class LocalExecutor:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=pgid is None,
-                process_group=pgid,
+                # Each rank leads its own session and process group (a process cannot join
+                # a group in another session); cleanup signals every rank's group.
+                start_new_session=True,
                 preexec_fn=lambda: _limit_child(cpu, limit),
             )
 
@@ -347,20 +350,27 @@ def _die_with_parent() -> None:
 
 
 def _kill_group(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM the trial's process group, then SIGKILL what is left after a grace period."""
-    if not procs:
-        return
-    pgid = procs[0].pid
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
+    """SIGTERM every rank's process group, then SIGKILL what is left after a grace period."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + KILL_GRACE_S
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on localhost."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -70,14 +70,7 @@ def _local_command(experiment: Experiment) -> LocalCommand:
     entrypoint = experiment.raw.get("entrypoint")
     if not isinstance(entrypoint, (str, list)):
         raise ConfigError(f"{experiment.config_path.name}: entrypoint is missing")
-    command = parse_entrypoint(entrypoint, where)
-    if command.trial_class is not None:
-        raise ConfigError(
-            f"{where}: Trial classes ({command.trial_class}) run on a Determined cluster; the "
-            "local backend runs Core API scripts (python3 -m determined.launch.deepspeed "
-            "python3 train.py)"
-        )
-    return command
+    return parse_entrypoint(entrypoint, where)
 
 
 def _fit_to_machine(

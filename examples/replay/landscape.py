@@ -11,7 +11,10 @@ import attrs
 from determined_dsat.runners.synthetic import GIB, Landscape
 
 MODEL = attrs.evolve(
-    Landscape.draw(11), num_params=2_700_000_000, slots=4, gpu_mem=40 * GIB,
+    Landscape.draw(11),
+    num_params=2_700_000_000,
+    slots=4,
+    gpu_mem=40 * GIB,
     activation_per_sample=600_000_000,
 )
 

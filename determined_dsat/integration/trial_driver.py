@@ -1,0 +1,120 @@
+"""Run a ``DeepSpeedTrial`` class as a DeepSpeed Autotune trial, without
+``determined.pytorch.dsat`` (gone after determined 0.37).
+
+``python3 -m determined_dsat.integration.trial_driver model_def:MyTrial`` builds the
+trial the way Determined's harness does and runs Determined's own DeepSpeed trial
+controller. Dsat mode is ours: the ``_use_dsat_mode`` flag is taken out of the
+hyperparameters the controller sees (so it never reaches for ``determined.pytorch.dsat``),
+and the controller runs inside :func:`dsat_reporting_context`, which reports what
+DeepSpeed's autotuning hooks write before they exit the process.
+
+Used by the local runner today (through ``bootstrap``, which provides the cluster info
+and Core API context). Determined 0.37's ``DeepSpeedTrialContext`` demands CUDA; on a
+machine without it, the trial's device comes from DeepSpeed's accelerator instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from determined_dsat.integration.reporting import dsat_reporting_context
+from determined_dsat.space.ds_config import USE_DSAT_MODE_KEY
+
+_USAGE = "usage: python3 -m determined_dsat.integration.trial_driver MODULE:TrialClass"
+
+
+@attrs.frozen
+class _Length:
+    """The trial's searcher operation as ``dsat_reporting_context`` needs it."""
+
+    length: int
+
+    def report_completed(self, _: Any) -> None:
+        """The controller completes the real operation; nothing to do here."""
+
+
+def _experiment_config(info: Any) -> dict[str, Any]:
+    config = dict(info.trial._config)
+    # Defaults the master fills in before a trial starts.
+    config.setdefault("min_validation_period", {"batches": 0})
+    config.setdefault("min_checkpoint_period", {"batches": 0})
+    config.setdefault("optimizations", {})
+    return config
+
+
+def _hparams(info: Any) -> dict[str, Any]:
+    hparams: Mapping[str, Any] = info.trial.hparams
+    return {k: v for k, v in hparams.items() if k != USE_DSAT_MODE_KEY}
+
+
+def _use_accelerator_device_without_cuda() -> None:
+    import torch
+    from deepspeed.accelerator import get_accelerator
+    from determined.pytorch.deepspeed import DeepSpeedTrialContext
+
+    if torch.cuda.is_available():
+        return
+
+    def init_device(self: Any) -> None:
+        self.n_gpus = 0
+        self.device = torch.device(get_accelerator().device_name(self.distributed.local_rank))
+
+    DeepSpeedTrialContext._init_device = init_device  # type: ignore[method-assign]
+
+
+def run(entrypoint: str) -> None:
+    """Run the Trial class named ``module:Class`` to the end of its searcher operation."""
+    import determined as det
+    from determined import core, load
+
+    info = det.get_cluster_info()
+    if info is None:
+        raise SystemExit("no cluster info: run this through the local runner or on a cluster")
+    hparams = _hparams(info)
+    env = det.EnvContext(
+        master_url=info.master_url,
+        master_cert_file=info.master_cert_file,
+        master_cert_name=info.master_cert_name,
+        experiment_config=_experiment_config(info),
+        hparams=hparams,
+        latest_checkpoint=info.latest_checkpoint,
+        steps_completed=0,
+        use_gpu=False,
+        container_gpus=[],
+        slot_ids=list(range(int(os.environ.get("LOCAL_SIZE", "1")))),
+        debug=False,
+        det_trial_id=str(info.trial.trial_id),
+        det_experiment_id=str(info.trial.experiment_id),
+        det_agent_id=info.agent_id,
+        det_cluster_id=info.cluster_id,
+        trial_seed=info.trial.trial_seed,
+        trial_run_id=1,
+        allocation_id=info.allocation_id,
+        managed_training=True,
+        test_mode=False,
+        on_cluster=False,
+    )
+    _use_accelerator_device_without_cuda()
+    trial_class = load.trial_class_from_entrypoint(entrypoint)
+    controller_class = load.get_trial_controller_class(trial_class)
+    controller_class.pre_execute_hook(env, det._DistributedBackend())
+    distributed = core.DistributedContext.from_deepspeed()
+    with core.init(distributed=distributed, preempt_mode=core.PreemptMode.ChiefOnly) as context:
+        trial_context = trial_class.trial_context_class(context, env)
+        trial_context.set_enable_tensorboard_logging(False)  # type: ignore[attr-defined]
+        trial = trial_class(trial_context)
+        controller = controller_class.from_trial(trial_inst=trial, context=trial_context, env=env)
+        length = context.searcher._length if hasattr(context.searcher, "_length") else 0
+        with dsat_reporting_context(context, _Length(length)):
+            controller.run()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or ":" not in sys.argv[1]:
+        raise SystemExit(_USAGE)
+    run(sys.argv[1])
