@@ -188,9 +188,16 @@ def _settings(argv: Sequence[str]) -> tuple[SearchSettings, str]:
         offload=_offload(a.offload, stages),
         resume=resume,
         trial_timeout_s=a.trial_timeout,
+        mbs_tolerance=_tolerance(a.mbs_tolerance),
         **{name: getattr(a, name) for name in _AS_GIVEN},
     )
     return settings, why
+
+
+def _tolerance(value: float) -> float:
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ConfigError(f"--mbs-tolerance must be a fraction in [0, 1), got {value}")
+    return value
 
 
 def parse_settings(argv: Sequence[str]) -> SearchSettings:

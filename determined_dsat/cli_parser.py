@@ -94,6 +94,9 @@ def _add_space(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     _opt(p, "--divisible-by", "only try micro-batch sizes that are multiples of N", type=int,
          default=1, metavar="N")  # fmt: skip
+    _opt(p, "--mbs-tolerance", "stop refining a configuration's micro-batch once it is within "
+         "this fraction of the largest that fits (0: find the exact limit)", type=float,
+         default=S.DEFAULT_MBS_TOLERANCE, metavar="FRACTION")  # fmt: skip
     _opt(
         p, "--offload", "let ZeRO offload optimizer state and/or parameters (ZeRO-3) to CPU "
         "memory; off unless given", nargs="+", choices=[t.value for t in OffloadTarget], default=[],

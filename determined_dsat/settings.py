@@ -20,6 +20,7 @@ DEFAULT_RANDOM_SEED = 42
 DEFAULT_MAX_SEARCH_RUNNER_RESTARTS = 5
 # Long enough for a first trial that compiles DeepSpeed's ops and loads a large model.
 DEFAULT_TRIAL_TIMEOUT_S = 1800.0
+DEFAULT_MBS_TOLERANCE = 0.05
 
 
 class Backend(enum.Enum):
@@ -99,6 +100,7 @@ class SearchSettings:
     resume: bool = False
     trial_timeout_s: float = DEFAULT_TRIAL_TIMEOUT_S
     trial_memory_limit: int | None = None
+    mbs_tolerance: float = DEFAULT_MBS_TOLERANCE
 
     def to_json(self) -> dict[str, Any]:
         """JSON form, used to ship settings to an on-cluster runner (never pickle)."""
@@ -130,6 +132,7 @@ class SearchSettings:
             "resume": self.resume,
             "trial_timeout_s": self.trial_timeout_s,
             "trial_memory_limit": self.trial_memory_limit,
+            "mbs_tolerance": self.mbs_tolerance,
         }
 
     @classmethod
@@ -162,6 +165,7 @@ class SearchSettings:
             resume=bool(d.get("resume", False)),
             trial_timeout_s=float(d.get("trial_timeout_s", DEFAULT_TRIAL_TIMEOUT_S)),
             trial_memory_limit=d.get("trial_memory_limit"),
+            mbs_tolerance=float(d.get("mbs_tolerance", DEFAULT_MBS_TOLERANCE)),
         )
 
 

@@ -532,3 +532,17 @@ def test_parse_settings_does_not_create_run_dir(project: pathlib.Path) -> None:
     settings = cli.parse_settings(["random", *BASE])
     assert not settings.run_dir.exists()
     assert not (project.parent / "dsat-runs").exists()
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1", "nan", "inf"])
+def test_mbs_tolerance_must_be_a_fraction(run: Run, launch: Launch, value: str) -> None:
+    code, err = run("binary", "--mbs-tolerance", value)
+    assert code == 2 and "--mbs-tolerance" in err and not launch.calls
+
+
+def test_mbs_tolerance_reaches_settings(run: Run, launch: Launch) -> None:
+    assert run("asha", "--mbs-tolerance", "0")[0] == 0
+    assert launch.settings.mbs_tolerance == 0.0
+    launch.calls.clear()
+    assert run("asha")[0] == 0
+    assert launch.settings.mbs_tolerance == 0.05

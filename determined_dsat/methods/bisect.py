@@ -13,6 +13,9 @@ import math
 from determined_dsat.space.batch import MicroBatchGrid
 from determined_dsat.trials.records import SearchBounds
 
+WIDENING_TOLERANCE = 0.5
+"""Above the memory estimate, a failed probe ends the search once the gap is this small."""
+
 
 def size(bounds: SearchBounds, grid: MicroBatchGrid) -> int:
     """How many allowed micro-batches remain in the range."""
@@ -33,19 +36,42 @@ def midpoint(bounds: SearchBounds, grid: MicroBatchGrid) -> int | None:
 
 
 def narrow(
-    bounds: SearchBounds, mbs: int, fitted: bool, grid: MicroBatchGrid
+    bounds: SearchBounds,
+    mbs: int,
+    fitted: bool,
+    grid: MicroBatchGrid,
+    tolerance: float = 0.0,
 ) -> SearchBounds | None:
-    """The range left after trying ``mbs``; None when nothing is left to try.
+    """The range left after trying ``mbs``; None when nothing is left worth trying.
 
     ``fitted`` is whether the trial at ``mbs`` ran (any non-OOM, non-crash result).
+    ``tolerance`` (a fraction) ends the refinement once every micro-batch left is within
+    that fraction of the best one that fitted: throughput saturates with micro-batch
+    size, so the last few percent are not worth an OOM. With a tolerance, a failed probe
+    above the memory model's estimate also ends the upward search when the gap left is
+    under :data:`WIDENING_TOLERANCE`. A tolerance of 0 finds the exact limit.
     """
     if not fitted:
-        narrowed: SearchBounds | None = SearchBounds(lo=bounds.lo, hi=mbs - 1, hi_is_hard=True)
+        narrowed = SearchBounds(lo=bounds.lo, hi=mbs - 1, hi_is_hard=True)
+        gap = (
+            max(tolerance, WIDENING_TOLERANCE) if bounds.probe_ceiling and tolerance else tolerance
+        )
+        if _close_enough(narrowed, gap):
+            return None
     elif not bounds.hi_is_hard and grid.count_in(mbs + 1, bounds.hi) == 0:
-        narrowed = _widen(mbs, grid, galloping=bounds.probe_ceiling)
+        widened = _widen(mbs, grid, galloping=bounds.probe_ceiling)
+        return widened if widened is not None and size(widened, grid) > 0 else None
     else:
         narrowed = SearchBounds(lo=mbs + 1, hi=bounds.hi, hi_is_hard=bounds.hi_is_hard)
-    return narrowed if narrowed is not None and size(narrowed, grid) > 0 else None
+        if narrowed.hi_is_hard and _close_enough(narrowed, tolerance):
+            return None
+    return narrowed if size(narrowed, grid) > 0 else None
+
+
+def _close_enough(bounds: SearchBounds, tolerance: float) -> bool:
+    """Whether the range above the best success (``lo - 1``) is within ``tolerance`` of it."""
+    best = bounds.lo - 1
+    return tolerance > 0 and best >= 1 and bounds.hi <= best * (1 + tolerance)
 
 
 def _widen(mbs: int, grid: MicroBatchGrid, galloping: bool) -> SearchBounds | None:

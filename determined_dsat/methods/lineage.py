@@ -79,7 +79,7 @@ def remaining_bounds(record: TrialRecord, space: ConfigSpace) -> SearchBounds | 
     spec = record.spec
     if spec.bounds is None:
         return None
-    return bisect.narrow(spec.bounds, spec.mbs, record.succeeded, space.grid)
+    return bisect.narrow(spec.bounds, spec.mbs, record.succeeded, space.grid, space.mbs_tolerance)
 
 
 def bisection_step(

@@ -24,6 +24,7 @@ from determined_dsat.settings import SearchSettings
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import AUTOTUNING_KEY, OVERWRITE_KEY, USE_DSAT_MODE_KEY
 from determined_dsat.space.experiment import Experiment
+from determined_dsat.space.memory import Precision
 from determined_dsat.trials.records import Outcome
 
 logger = logging.getLogger("determined_dsat")
@@ -76,6 +77,11 @@ def _local_command(experiment: Experiment) -> LocalCommand:
 def _fit_to_machine(
     settings: SearchSettings, experiment: Experiment, slots: Slots
 ) -> SearchSettings:
+    if not slots.gpu and Precision.from_ds_config(experiment.ds_config) is Precision.FP16:
+        raise ConfigError(
+            f"{experiment.ds_config_path.name}: fp16 is enabled, but DeepSpeed cannot train in "
+            "fp16 on a CPU (seen with DeepSpeed 0.19.8); enable bf16 or neither for a CPU search"
+        )
     available = len(slots.ids)
     if experiment.slots_per_trial > available:
         raise ConfigError(

@@ -62,6 +62,7 @@ def build_space(settings: SearchSettings, experiment: Experiment) -> ConfigSpace
         end_profile_step=settings.end_profile_step,
         offload_optimizer=OffloadTarget.OPTIMIZER in settings.offload,
         offload_param=OffloadTarget.PARAM in settings.offload,
+        mbs_tolerance=settings.mbs_tolerance,
     )
 
 

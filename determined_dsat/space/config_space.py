@@ -32,6 +32,7 @@ class ConfigSpace:
     end_profile_step: int
     offload_optimizer: bool = False
     offload_param: bool = False
+    mbs_tolerance: float = 0.0
 
     @property
     def precision(self) -> Precision:
@@ -86,10 +87,11 @@ class ConfigSpace:
         lo = self.grid.min_mbs
         cap = self.grid.max_mbs
         max_ok, min_oom = evidence
-        if max_ok is not None and min_oom is not None and min_oom > max_ok:
-            hi = self.grid.snap_down(min_oom - 1) or lo
-            return SearchBounds(lo=lo, hi=max(lo, hi), hi_is_hard=True)
         estimate = math.floor(self.estimated_max_mbs(memory, zero) * range_factor)
+        if min_oom is not None and (max_ok is None or min_oom > max_ok):
+            ceiling = min_oom - 1 if max_ok is not None else min(min_oom - 1, max(lo, estimate))
+            hi = self.grid.snap_down(ceiling) or lo
+            return SearchBounds(lo=lo, hi=max(lo, hi), hi_is_hard=True)
         hi = max(lo, estimate, max_ok or 0)
         if cap is not None and hi >= cap:
             return SearchBounds(lo=lo, hi=cap, hi_is_hard=True)

@@ -6,6 +6,7 @@ search's per-event cost stays flat as trials accumulate.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -53,7 +54,7 @@ class Tracker:
         self._best_id: str | None = None
         self._best_by_stage: dict[int, str] = {}
         self._max_ok_mbs_by_stage: dict[int, int] = {}
-        self._min_oom_mbs_by_stage: dict[int, int] = {}
+        self._oom_mbs_by_stage: dict[int, list[int]] = {}
         self._trials_since_best = 0
         self._profile_id: str | None = None
 
@@ -88,8 +89,7 @@ class Tracker:
     def _update_bests(self, record: TrialRecord) -> None:
         assert record.result is not None
         if record.result.outcome is Outcome.OOM:
-            stage, mbs = record.spec.stage, record.spec.mbs
-            self._min_oom_mbs_by_stage[stage] = min(self._min_oom_mbs_by_stage.get(stage, mbs), mbs)
+            bisect.insort(self._oom_mbs_by_stage.setdefault(record.spec.stage, []), record.spec.mbs)
         score = self.score(record)
         if score is None:
             if self._best_id is not None:
@@ -190,11 +190,17 @@ class Tracker:
         return self._max_ok_mbs_by_stage.get(stage)
 
     def memory_evidence(self, stage: int) -> tuple[int | None, int | None]:
-        """(largest micro-batch that trained, smallest that ran out of memory) at a stage.
+        """(largest micro-batch that trained, smallest above it that ran out of memory) at a
+        stage; without a success, the smallest OOM.
 
-        Only OOMs count as ceilings here: a crash says nothing about memory.
+        Knobs (bucket sizes) move memory use, so an OOM below the largest success is
+        another configuration's limit and says nothing about the frontier. Only OOMs count
+        as ceilings: a crash says nothing about memory.
         """
-        return self._max_ok_mbs_by_stage.get(stage), self._min_oom_mbs_by_stage.get(stage)
+        max_ok = self._max_ok_mbs_by_stage.get(stage)
+        ooms = self._oom_mbs_by_stage.get(stage, [])
+        i = 0 if max_ok is None else bisect.bisect_right(ooms, max_ok)
+        return max_ok, (ooms[i] if i < len(ooms) else None)
 
     @property
     def trials_since_best(self) -> int:

@@ -240,3 +240,50 @@ def test_power_of_two_fixed_batch_is_exact(threshold: int, ceiling: int) -> None
     probes, fitted = run_bisection(grid, starting_bounds(grid, ceiling), threshold)
     check_result(grid, probes, fitted, threshold)
     assert len(probes) <= 2 * 7
+
+
+def run_with_tolerance(
+    grid: MicroBatchGrid, bounds: SearchBounds, threshold: int, tolerance: float
+) -> list[tuple[int, bool]]:
+    probes: list[tuple[int, bool]] = []
+    current: SearchBounds | None = bounds
+    while current is not None:
+        mbs = bisect.midpoint(current, grid)
+        assert mbs is not None
+        probes.append((mbs, mbs <= threshold))
+        current = bisect.narrow(current, mbs, mbs <= threshold, grid, tolerance)
+        assert len(probes) <= 200, "bisection with a tolerance does not terminate"
+    return probes
+
+
+@settings(max_examples=300)
+@given(
+    ceiling=st.integers(1, 400),
+    threshold=st.integers(1, 2000),
+    tolerance=st.sampled_from([0.02, 0.05, 0.1]),
+    divisible_by=st.integers(1, 4),
+)
+def test_tolerance_stops_close_to_the_limit(
+    ceiling: int, threshold: int, tolerance: float, divisible_by: int
+) -> None:
+    """With a tolerance, the best success is within the tolerance of the true limit when
+    the limit is below the estimate, and within the widening gap above it; never beyond."""
+    grid = MicroBatchGrid(slots=1, divisible_by=divisible_by)
+    assume(threshold >= divisible_by)
+    probes = run_with_tolerance(grid, starting_bounds(grid, ceiling), threshold, tolerance)
+    ok = [m for m, fitted in probes if fitted]
+    assert ok, "the smallest micro-batch fits, so some probe must succeed"
+    best = max(ok)
+    truth = (threshold // divisible_by) * divisible_by
+    assert best <= truth
+    gap = tolerance if truth <= ceiling else max(tolerance, bisect.WIDENING_TOLERANCE)
+    # A success at `best`, with everything above it within the gap (or failed), ends it.
+    assert truth <= best * (1 + gap) + divisible_by, (best, truth, probes)
+    exact = run_bisection(grid, starting_bounds(grid, ceiling), threshold)[0]
+    assert len(probes) <= len(exact), "a tolerance must never cost more probes"
+
+
+def test_tolerance_zero_is_exact() -> None:
+    grid = MicroBatchGrid(slots=1)
+    probes = run_with_tolerance(grid, SearchBounds(lo=1, hi=1000), 617, 0.0)
+    assert max(m for m, fitted in probes if fitted) == 617

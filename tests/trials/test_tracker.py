@@ -229,3 +229,38 @@ def test_finish_is_idempotent_and_add_rejects_duplicates() -> None:
     assert tracker.best_score() == 1.0
     with pytest.raises(KeyError):
         tracker.add(spec("a"))
+
+
+def test_memory_evidence_uses_the_smallest_oom_above_the_largest_success() -> None:
+    """Knobs move memory: an OOM below another config's success is not the frontier."""
+    from determined_dsat.space.metric import Metric
+    from determined_dsat.trials.records import Outcome, TrialKind, TrialResult, TrialSpec
+    from determined_dsat.trials.tracker import Limits, Tracker
+
+    tracker = Tracker(
+        Metric.THROUGHPUT, Limits(max_trials=50, max_concurrent_trials=8, slots_per_trial=1)
+    )
+    runs = [
+        (40, Outcome.OOM),
+        (30, Outcome.OK),
+        (64, Outcome.OOM),
+        (50, Outcome.OOM),
+        (45, Outcome.ERROR),
+    ]
+    assert tracker.memory_evidence(2) == (None, None)
+    for i, (mbs, outcome) in enumerate(runs):
+        spec = TrialSpec(f"r{i}", TrialKind.SEARCH, mbs=mbs, gas=1, zero={"stage": 2}, seq=i + 1)
+        tracker.add(spec)
+        metrics = {"throughput": float(mbs)} if outcome is Outcome.OK else {}
+        tracker.finish(spec.request_id, TrialResult(outcome, metrics))
+        if i == 0:
+            # No success yet: the smallest OOM is the only evidence.
+            assert tracker.memory_evidence(2) == (None, 40)
+    # The crash at 45 is not memory evidence; 40 is the smallest OOM above 30.
+    assert tracker.memory_evidence(2) == (30, 40)
+    spec = TrialSpec("r-big", TrialKind.SEARCH, mbs=48, gas=1, zero={"stage": 2}, seq=99)
+    tracker.add(spec)
+    tracker.finish("r-big", TrialResult(Outcome.OK, {"throughput": 48.0}))
+    # Another config fitted 48: the OOM at 40 was that config's own limit, not the frontier.
+    assert tracker.memory_evidence(2) == (48, 50)
+    assert tracker.memory_evidence(1) == (None, None)

@@ -1,0 +1,1 @@
+"""Benchmarks of the search methods on synthetic landscapes (see ``docs/benchmarks.md``)."""
