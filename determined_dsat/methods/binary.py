@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 
 from determined_dsat.methods.base import Proposal, SearchPolicy
-from determined_dsat.methods.lineage import LineageBook, bisection_step, start_lineage
+from determined_dsat.methods.lineage import (
+    LineageBook,
+    bisection_step,
+    continue_then_start,
+    start_lineage,
+)
 from determined_dsat.settings import BinaryOptions
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.tracker import Tracker
@@ -27,24 +32,18 @@ class BinaryPolicy(SearchPolicy):
         self.book = LineageBook()
 
     def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
-        proposals: list[Proposal] = []
-        for lineage_id in self.book.idle_open(view):
-            if len(proposals) >= capacity:
-                return proposals
+        def next_step(lineage_id: str) -> Proposal | None:
             latest = view.latest_in_lineage(lineage_id)
-            step = None if latest is None else bisection_step(latest, self.space)
-            if step is None:
-                self.book.close(lineage_id)
-            else:
-                proposals.append(step)
-        while len(proposals) < capacity:
+            return None if latest is None else bisection_step(latest, self.space)
+
+        def new_lineage() -> Proposal | None:
             zero = self.book.sample_zero(self.space, self.space.stages, rng)
             if zero is None:
-                break
-            proposals.append(
-                start_lineage(self.book, self.space, view, zero, self.options.search_range_factor)
-            )
-        return proposals
+                return None
+            factor = self.options.search_range_factor
+            return start_lineage(self.book, self.space, view, zero, factor)
+
+        return continue_then_start(self.book, view, capacity, next_step, new_lineage)
 
     def state_dict(self) -> dict[str, Any]:
         return {"book": self.book.state_dict()}

@@ -7,7 +7,7 @@ explored (so no configuration is searched twice) and which lineages are still op
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,32 @@ class LineageBook:
         self.counter = int(state["counter"])
         self.used = set(state["used"])
         self.open = list(state["open"])
+
+
+def continue_then_start(
+    book: LineageBook,
+    view: Tracker,
+    capacity: int,
+    next_step: Callable[[str], Proposal | None],
+    new_lineage: Callable[[], Proposal | None],
+) -> list[Proposal]:
+    """Up to ``capacity`` proposals: the next step of each idle open lineage (closing those
+    with none left), then new lineages until capacity or ideas run out."""
+    proposals: list[Proposal] = []
+    for lineage_id in book.idle_open(view):
+        if len(proposals) >= capacity:
+            return proposals
+        step = next_step(lineage_id)
+        if step is None:
+            book.close(lineage_id)
+        else:
+            proposals.append(step)
+    while len(proposals) < capacity:
+        fresh = new_lineage()
+        if fresh is None:
+            break
+        proposals.append(fresh)
+    return proposals
 
 
 def remaining_bounds(record: TrialRecord, space: ConfigSpace) -> SearchBounds | None:

@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from determined_dsat.methods.base import Proposal, SearchPolicy
-from determined_dsat.methods.lineage import LineageBook, remaining_bounds, start_lineage
+from determined_dsat.methods.lineage import (
+    LineageBook,
+    continue_then_start,
+    remaining_bounds,
+    start_lineage,
+)
 from determined_dsat.settings import RandomOptions
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import SearchBounds, TrialRecord
@@ -36,21 +41,13 @@ class RandomPolicy(SearchPolicy):
         self.book = LineageBook()
 
     def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
-        proposals: list[Proposal] = []
-        for lineage_id in self.book.idle_open(view):
-            if len(proposals) >= capacity:
-                return proposals
-            step = self._continue(view, lineage_id, rng)
-            if step is None:
-                self.book.close(lineage_id)
-            else:
-                proposals.append(step)
-        while len(proposals) < capacity:
-            fresh = self._new_lineage(view, rng)
-            if fresh is None:
-                break
-            proposals.append(fresh)
-        return proposals
+        return continue_then_start(
+            self.book,
+            view,
+            capacity,
+            lambda lineage_id: self._continue(view, lineage_id, rng),
+            lambda: self._new_lineage(view, rng),
+        )
 
     def stop_reason(self, view: Tracker) -> str | None:
         patience = self.options.early_stopping
