@@ -20,13 +20,14 @@ import json
 import os
 import pathlib
 import re
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 from determined_dsat.errors import ConfigError, RunDirLockedError
 from determined_dsat.jsonio import append_json_line, write_json_atomic, write_json_lines_atomic
-from determined_dsat.trials.records import TrialRecord
+from determined_dsat.trials.records import TrialKind, TrialRecord
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -131,11 +132,18 @@ class RunDirectory:
 
     # -- trials.jsonl ---------------------------------------------------------------
 
-    def append_trial(self, record: TrialRecord, overwrites: Mapping[str, Any]) -> None:
+    def append_trial(
+        self,
+        record: TrialRecord,
+        overwrites: Mapping[str, Any],
+        finished_at: float | None = None,
+    ) -> None:
         """Append one finished trial to ``trials.jsonl`` (flushed to disk on return).
 
-        ``overwrites`` are the ds_config overwrites the trial ran with. A torn last line
-        left by a crash is cut off first so it cannot swallow the new one.
+        ``overwrites`` are the ds_config overwrites the trial ran with; ``finished_at`` is
+        a Unix time (now by default). A confirmation trial also names the search trial it
+        re-measures (``confirms``). A torn last line left by a crash is cut off first so it
+        cannot swallow the new one.
         """
         if record.result is None or record.finished_seq is None:
             raise ValueError(f"trial {record.spec.request_id} has not finished")
@@ -154,7 +162,10 @@ class RunDirectory:
             "lineage_id": spec.lineage_id,
             "parent_id": spec.parent_id,
             "detail": result.detail,
+            "finished_at": time.time() if finished_at is None else finished_at,
         }
+        if spec.kind is TrialKind.CONFIRM:
+            line["confirms"] = spec.parent_id
         self._drop_torn_tail()
         append_json_line(self.trials_path, line)
 

@@ -40,10 +40,13 @@ class Outcome(enum.Enum):
 
 
 class TrialKind(enum.Enum):
-    """Why a trial exists."""
+    """Why a trial exists: the model profile, the user's own ds_config as a baseline,
+    a search proposal, or a re-measurement of a top search trial (``parent_id``)."""
 
     PROFILE = "profile"
+    BASELINE = "baseline"
     SEARCH = "search"
+    CONFIRM = "confirm"
 
 
 @attrs.frozen

@@ -92,7 +92,9 @@ def test_trials_jsonl_in_completion_order(tmp_path: pathlib.Path) -> None:
         "lineage_id",
         "parent_id",
         "detail",
+        "finished_at",
     }
+    assert all(a["finished_at"] <= b["finished_at"] for a, b in zip(rows, rows[1:]))
     assert first["kind"] == "search" and rows[-1]["kind"] == "profile"
     assert first["stage"] == 2 and rows[-1]["stage"] == 3
     assert first["overwrites"]["zero_optimization"] == {"stage": 2}
