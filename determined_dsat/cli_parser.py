@@ -94,6 +94,11 @@ def _add_space(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     _opt(p, "--divisible-by", "only try micro-batch sizes that are multiples of N", type=int,
          default=1, metavar="N")  # fmt: skip
+    _opt(p, "--no-baseline", "do not measure your own ds_config as a baseline trial",
+         action="store_true")  # fmt: skip
+    _opt(p, "--confirm-top", "re-measure the best K configurations at the end and pick the "
+         "one with the best median (0: off; at most a quarter of the budget)", type=int,
+         default=S.DEFAULT_CONFIRM_TOP, metavar="K")  # fmt: skip
     _opt(p, "--mbs-tolerance", "stop refining a configuration's micro-batch once it is within "
          "this fraction of the largest that fits (0: find the exact limit)", type=float,
          default=S.DEFAULT_MBS_TOLERANCE, metavar="FRACTION")  # fmt: skip
@@ -158,7 +163,7 @@ _MINIMUM = {
     "divisible_by": 1, "max_search_runner_restarts": 0, "start_profile_step": 1,
     "trials_per_random_config": 1, "early_stopping": 1, "max_rungs": 1,
     "min_binary_search_trials": 1, "asha_early_stopping": 0, "divisor": 2,
-    "trial_memory_limit": 1,
+    "trial_memory_limit": 1, "confirm_top": 0,
 }  # fmt: skip
 """The least value of each integer flag (by dest) that has one; ``None`` means not given."""
 

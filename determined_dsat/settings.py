@@ -21,6 +21,7 @@ DEFAULT_MAX_SEARCH_RUNNER_RESTARTS = 5
 # Long enough for a first trial that compiles DeepSpeed's ops and loads a large model.
 DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 DEFAULT_MBS_TOLERANCE = 0.05
+DEFAULT_CONFIRM_TOP = 3
 
 
 class Backend(enum.Enum):
@@ -101,6 +102,9 @@ class SearchSettings:
     trial_timeout_s: float = DEFAULT_TRIAL_TIMEOUT_S
     trial_memory_limit: int | None = None
     mbs_tolerance: float = DEFAULT_MBS_TOLERANCE
+    # Off for library use (benchmarks drive search methods alone); the CLI turns both on.
+    baseline: bool = False
+    confirm_top: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON form, used to ship settings to an on-cluster runner (never pickle)."""
@@ -133,6 +137,8 @@ class SearchSettings:
             "trial_timeout_s": self.trial_timeout_s,
             "trial_memory_limit": self.trial_memory_limit,
             "mbs_tolerance": self.mbs_tolerance,
+            "baseline": self.baseline,
+            "confirm_top": self.confirm_top,
         }
 
     @classmethod
@@ -166,6 +172,8 @@ class SearchSettings:
             trial_timeout_s=float(d.get("trial_timeout_s", DEFAULT_TRIAL_TIMEOUT_S)),
             trial_memory_limit=d.get("trial_memory_limit"),
             mbs_tolerance=float(d.get("mbs_tolerance", DEFAULT_MBS_TOLERANCE)),
+            baseline=bool(d.get("baseline", False)),
+            confirm_top=int(d.get("confirm_top", 0)),
         )
 
 

@@ -6,6 +6,7 @@ local, replay) drives it through the same events a Determined master sends.
 
 from __future__ import annotations
 
+import enum
 import logging
 import pathlib
 import uuid
@@ -13,11 +14,13 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import numpy as np
 from determined import searcher
 
 from determined_dsat.jsonio import write_json_atomic
 from determined_dsat.methods.base import Proposal, SearchPolicy
+from determined_dsat.methods.confirm import confirm, confirmation_budget, top_configs
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import trial_length
 from determined_dsat.space.memory import ModelProfile
@@ -31,6 +34,15 @@ METHOD_STATE_FILE = "dsat_method_state.json"
 OUTCOME_KEY = "dsat_outcome"
 _REQUEST_NAMESPACE = uuid.UUID("6c1b3f0e-9a52-4b8e-8f3e-2d6a3c9f7b10")
 
+
+class Phase(enum.Enum):
+    """Where a search is: proposing trials, re-measuring the best, or finishing."""
+
+    SEARCH = "search"
+    CONFIRM = "confirm"
+    DONE = "done"
+
+
 _EXIT_OUTCOMES = {
     searcher.ExitedReason.ERRORED: Outcome.ERROR,
     searcher.ExitedReason.INVALID_HP: Outcome.INVALID,
@@ -42,7 +54,13 @@ class DSATSearchMethod(searcher.SearchMethod):
     """A DeepSpeed Autotune search: profiling trial first, then the policy's proposals."""
 
     def __init__(
-        self, policy: SearchPolicy, space: ConfigSpace, tracker: Tracker, seed: int
+        self,
+        policy: SearchPolicy,
+        space: ConfigSpace,
+        tracker: Tracker,
+        seed: int,
+        baseline: bool = False,
+        confirm_top: int = 0,
     ) -> None:
         with warnings.catch_warnings():
             # Determined 0.37 deprecates custom searchers; this package is their replacement.
@@ -59,6 +77,13 @@ class DSATSearchMethod(searcher.SearchMethod):
         self._shutdown_sent = False
         self._outcome_hints: dict[str, tuple[Outcome, str]] = {}
         self._durations: dict[str, float] = {}
+        self.baseline = baseline
+        self.confirm_k = confirmation_budget(tracker.limits.max_trials, confirm_top, baseline)
+        self.phase = Phase.SEARCH
+        self._baseline_created = False
+        self._confirm_targets: list[str] = []
+        self._confirm_queue: list[str] = []
+        self._search_end: str | None = None
 
     # ----- runner-side annotations -----
     def note_outcome(
@@ -150,30 +175,89 @@ class DSATSearchMethod(searcher.SearchMethod):
     def _next_operations(self) -> list[searcher.Operation]:
         if self._shutdown_sent:
             return []
-        if self.stop_message is None:
-            self.stop_message = self._stop_reason()
-        if self.stop_message is not None:
+        if self.stop_message is not None:  # a failure or a cancel: stop now
             return [self._shutdown()] if self.tracker.num_running == 0 else []
-        capacity = self.tracker.capacity()
-        ops: list[searcher.Operation] = []
-        if capacity > 0:
-            for proposal in self.policy.propose(self.tracker, capacity, self.rng)[:capacity]:
-                spec = self._spec_from(proposal)
-                self.tracker.add(spec)
-                ops.extend(self._launch_ops(spec, trial_length(self.space.end_profile_step)))
-        if not ops and self.tracker.num_running == 0:
-            self.stop_message = (
-                "every trial of the budget has run"
-                if self.tracker.budget_spent
-                else "the search space is exhausted"
-            )
+        ops = self._baseline_ops()
+        if self.phase is Phase.SEARCH:
+            ops += self._search_ops()
+        if self.phase is Phase.CONFIRM:
+            ops += self._confirm_ops()
+        if self.phase is Phase.DONE and not ops and self.tracker.num_running == 0:
+            self.stop_message = self._final_message()
             return [self._shutdown()]
         return ops
 
-    def _stop_reason(self) -> str | None:
-        if self.tracker.budget_spent:
-            return None if self.tracker.num_running else "every trial of the budget has run"
-        return self.policy.stop_reason(self.tracker)
+    def _baseline_ops(self) -> list[searcher.Operation]:
+        """Measure the user's own ds_config once the model profile is in."""
+        if not self.baseline or self._baseline_created or self.tracker.profile is None:
+            return []
+        if self.tracker.capacity() < 1:
+            return []
+        self._baseline_created = True
+        spec = self.space.baseline_spec(self._new_request_id())
+        self.tracker.add(spec)
+        return self._launch_ops(spec, trial_length(self.space.end_profile_step))
+
+    def _search_budget_left(self) -> int:
+        reserved = self.confirm_k + (1 if self.baseline and not self._baseline_created else 0)
+        return self.tracker.limits.max_trials - reserved - self.tracker.num_created
+
+    def _search_ops(self) -> list[searcher.Operation]:
+        reason = (
+            "every trial of the search budget has run" if self._search_budget_left() <= 0 else None
+        )
+        reason = reason or self.policy.stop_reason(self.tracker)
+        ops: list[searcher.Operation] = []
+        if reason is None:
+            capacity = min(self.tracker.capacity(), self._search_budget_left())
+            if capacity > 0:
+                for proposal in self.policy.propose(self.tracker, capacity, self.rng)[:capacity]:
+                    spec = self._spec_from(proposal)
+                    self.tracker.add(spec)
+                    ops.extend(self._launch_ops(spec, trial_length(self.space.end_profile_step)))
+            if ops:
+                return ops
+            reason = "the search space is exhausted"
+        if self._running_of(TrialKind.SEARCH):
+            return ops  # let running search trials report before choosing the top configs
+        self._search_end = reason
+        has_candidates = bool(top_configs(self.tracker, 1))
+        self.phase = Phase.CONFIRM if self.confirm_k and has_candidates else Phase.DONE
+        return ops
+
+    def _confirm_ops(self) -> list[searcher.Operation]:
+        if not self._confirm_targets:
+            targets = top_configs(self.tracker, self.confirm_k)
+            self._confirm_targets = [r.spec.request_id for r in targets]
+            self._confirm_queue = list(self._confirm_targets)
+        ops: list[searcher.Operation] = []
+        while self._confirm_queue and self.tracker.capacity() > 0:
+            original = self.tracker[self._confirm_queue.pop(0)].spec
+            spec = attrs.evolve(
+                original,
+                request_id=self._new_request_id(),
+                kind=TrialKind.CONFIRM,
+                lineage_id=None,
+                parent_id=original.request_id,
+                seq=self.next_seq,
+            )
+            self.tracker.add(spec)
+            ops.extend(self._launch_ops(spec, trial_length(self.space.end_profile_step)))
+        if not self._confirm_queue and not self._running_of(TrialKind.CONFIRM) and not ops:
+            winner = confirm(self.tracker, self._confirm_targets)
+            if winner is not None:
+                self.tracker.set_winner(winner.record.spec.request_id, winner.metrics)
+            self.phase = Phase.DONE
+        return ops
+
+    def _running_of(self, kind: TrialKind) -> int:
+        return sum(1 for rid in self.tracker.running_ids() if self.tracker[rid].spec.kind is kind)
+
+    def _final_message(self) -> str:
+        message = self._search_end or "the search ended"
+        if self.tracker.winner_confirmed:
+            message += f"; the top {len(self._confirm_targets)} configurations were re-measured"
+        return message
 
     def _shutdown(self, cancel: bool = False) -> searcher.Shutdown:
         self._shutdown_sent = True
@@ -245,6 +329,11 @@ class DSATSearchMethod(searcher.SearchMethod):
             "stop_message": self.stop_message,
             "failed": self.failed,
             "shutdown_sent": self._shutdown_sent,
+            "phase": self.phase.value,
+            "baseline_created": self._baseline_created,
+            "confirm_targets": list(self._confirm_targets),
+            "confirm_queue": list(self._confirm_queue),
+            "search_end": self._search_end,
         }
 
     def load_state_dict(
@@ -265,6 +354,11 @@ class DSATSearchMethod(searcher.SearchMethod):
         self.stop_message = state.get("stop_message")
         self.failed = bool(state.get("failed", False))
         self._shutdown_sent = bool(state.get("shutdown_sent", False))
+        self.phase = Phase(state.get("phase", Phase.SEARCH.value))
+        self._baseline_created = bool(state.get("baseline_created", False))
+        self._confirm_targets = list(state.get("confirm_targets", []))
+        self._confirm_queue = list(state.get("confirm_queue", []))
+        self._search_end = state.get("search_end")
 
     def save_method_state(self, path: pathlib.Path) -> None:
         write_json_atomic(path / METHOD_STATE_FILE, self.state_dict())

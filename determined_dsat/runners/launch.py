@@ -73,6 +73,7 @@ def log_to_run_dir(run_dir: RunDirectory) -> Iterator[None]:
 
 
 def print_summary(settings: SearchSettings, run_dir: RunDirectory, outcome: SearchOutcome) -> None:
+    """The end-of-search table, then the baseline comparison and how the winner was chosen."""
     found = outcome.best is not None
     print(
         console.render_summary(
@@ -82,4 +83,39 @@ def print_summary(settings: SearchSettings, run_dir: RunDirectory, outcome: Sear
             run_dir.best_metrics_path if found else None,
         )
     )
+    for line in _verdict_lines(settings, outcome):
+        print(line)
     print(f"Search ended: {outcome.message}. Run directory: {run_dir.path}", file=sys.stdout)
+
+
+def _verdict_lines(settings: SearchSettings, outcome: SearchOutcome) -> list[str]:
+    metric = settings.metric
+    lines = []
+    best_value = _value(outcome.best_metrics, metric.value)
+    if outcome.measurements > 1 and best_value is not None:
+        lines.append(
+            f"Confirmed: the best configurations were re-measured; the winner's median is "
+            f"{console.format_metric(metric, best_value)} over {outcome.measurements} runs."
+        )
+    baseline = outcome.baseline
+    if baseline is None or baseline.result is None:
+        return lines
+    if not baseline.result.outcome.succeeded:
+        lines.append(
+            f"Your ds_config.json did not run as a baseline ({baseline.result.outcome.value})."
+        )
+        return lines
+    base_value = _value(baseline.result.metrics, metric.value)
+    if base_value is None or best_value is None or base_value <= 0 or best_value <= 0:
+        return lines
+    speedup = base_value / best_value if metric.smaller_is_better else best_value / base_value
+    best_text = console.format_metric(metric, best_value)
+    base_text = console.format_metric(metric, base_value)
+    verdict = "better" if speedup >= 1 else "worse"
+    lines.append(f"{speedup:.2f}x {verdict} than your ds_config.json ({best_text} vs {base_text}).")
+    return lines
+
+
+def _value(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    raw = None if metrics is None else metrics.get(name)
+    return float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else None

@@ -5,6 +5,7 @@ Shared by the local and replay backends, which differ only in their executor.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -43,6 +44,9 @@ class SearchOutcome:
     message: str
     failed: bool
     records: tuple[TrialRecord, ...]
+    best_metrics: Mapping[str, Any] | None = None
+    baseline: TrialRecord | None = None
+    measurements: int = 1
 
 
 def build_space(settings: SearchSettings, experiment: Experiment) -> ConfigSpace:
@@ -80,7 +84,14 @@ def build_method(settings: SearchSettings, space: ConfigSpace, slots: int) -> DS
         max_slots=settings.max_slots,
     )
     policy = make_policy(settings.method, space, settings.method_options)
-    return DSATSearchMethod(policy, space, Tracker(settings.metric, limits), settings.random_seed)
+    return DSATSearchMethod(
+        policy,
+        space,
+        Tracker(settings.metric, limits),
+        settings.random_seed,
+        baseline=settings.baseline,
+        confirm_top=settings.confirm_top,
+    )
 
 
 class Session:
@@ -99,7 +110,7 @@ class Session:
         self.method = build_method(settings, self.space, experiment.slots_per_trial)
         self._make_executor = make_executor
         self._stream = sys.stderr if progress_stream is None else progress_stream
-        self._best_id: str | None = None
+        self._best_key: tuple[str, str] | None = None
         self._already_logged: set[str] = set()
         self._journaled = 0
 
@@ -163,7 +174,10 @@ class Session:
             engine.resume()
         logged = {line["request_id"]: line for line in self.run_dir.read_trials()}
         self._already_logged = set(logged)
-        self._best_id = _id_of(self.method.tracker.best())
+        best = self.method.tracker.best()
+        metrics = self.method.tracker.best_metrics()
+        if best is not None:
+            self._best_key = (best.spec.request_id, json.dumps(metrics, sort_keys=True))
         for trial in list(engine.trials.values()):
             line = logged.get(trial.request_id)
             if trial.result is None and line is not None:
@@ -191,11 +205,11 @@ class Session:
             self.run_dir.append_trial(record, overwrites)
             self._already_logged.add(trial.request_id)
             logger.info("%s", _describe_result(record, self.settings))
-        best = tracker.best()
-        if best is not None and best.spec.request_id != self._best_id:
-            self._best_id = best.spec.request_id
-            assert best.result is not None
-            self.run_dir.write_best(self.space.best_ds_config(best.spec), best.result.metrics)
+        best, metrics = tracker.best(), tracker.best_metrics()
+        key = None if best is None else (best.spec.request_id, json.dumps(metrics, sort_keys=True))
+        if best is not None and metrics is not None and key != self._best_key:
+            self._best_key = key
+            self.run_dir.write_best(self.space.best_ds_config(best.spec), metrics)
         label = None if best is None else console.best_label(best, self.settings.metric)
         self._bar.update(tracker.num_finished, tracker.num_running, label)
 
@@ -215,16 +229,16 @@ class Session:
 
     def _outcome(self) -> SearchOutcome:
         tracker = self.method.tracker
+        metrics = tracker.best_metrics()
         return SearchOutcome(
             best=tracker.best(),
             message=self.method.stop_message or "the search ended",
             failed=self.method.failed or tracker.best() is None,
             records=tuple(tracker.finished_records()),
+            best_metrics=metrics,
+            baseline=tracker.baseline_record,
+            measurements=int((metrics or {}).get("dsat_measurements", 1)),
         )
-
-
-def _id_of(record: TrialRecord | None) -> str | None:
-    return None if record is None else record.spec.request_id
 
 
 def _completion_from_line(line: Mapping[str, Any], trial: EngineTrial) -> Completion:

@@ -10,7 +10,7 @@ import attrs
 import numpy as np
 
 from determined_dsat.space import ds_config as dsc
-from determined_dsat.space.batch import MicroBatchGrid
+from determined_dsat.space.batch import BatchConfig, MicroBatchGrid, configured_gas
 from determined_dsat.space.knobs import knobs_for_stage, offload_of, sample_zero_config
 from determined_dsat.space.memory import MemoryModel, ModelProfile, Offload, Precision
 from determined_dsat.trials.records import SearchBounds, TrialKind, TrialSpec
@@ -109,12 +109,31 @@ class ConfigSpace:
             zero={"stage": self.user_stage},
         )
 
+    def baseline_spec(self, request_id: str) -> TrialSpec:
+        """The user's own ds_config, measured as it is: their micro-batch, accumulation
+        and ZeRO block (``train_batch_size`` made consistent, as DeepSpeed requires)."""
+        user = self.user_ds_config
+        mbs = user.get("train_micro_batch_size_per_gpu")
+        if isinstance(mbs, bool) or not isinstance(mbs, int) or mbs < 1:
+            mbs = self.grid.min_mbs
+        zero = user.get("zero_optimization")
+        return TrialSpec(
+            request_id=request_id,
+            kind=TrialKind.BASELINE,
+            mbs=mbs,
+            gas=configured_gas(user),
+            zero=dict(zero) if isinstance(zero, Mapping) else {"stage": 0},
+        )
+
     def overwrites(self, spec: TrialSpec) -> dict[str, Any]:
         """The ``overwrite_deepspeed_args`` of a trial: batch, ZeRO block and autotuning."""
+        section = dsc.autotuning_section(self.start_profile_step, self.end_profile_step)
+        if spec.kind is TrialKind.BASELINE:
+            own = BatchConfig(spec.mbs * spec.gas * self.grid.slots, spec.mbs, spec.gas)
+            return {**own.to_overwrites(), dsc.AUTOTUNING_KEY: section}
         batch = self.grid.batch_config(spec.mbs).to_overwrites()
         if spec.kind is TrialKind.PROFILE:
             return {**batch, dsc.AUTOTUNING_KEY: dsc.profiling_section()}
-        section = dsc.autotuning_section(self.start_profile_step, self.end_profile_step)
         return {**batch, "zero_optimization": dict(spec.zero), dsc.AUTOTUNING_KEY: section}
 
     def hparams(self, spec: TrialSpec) -> dict[str, Any]:

@@ -57,6 +57,9 @@ class Tracker:
         self._oom_mbs_by_stage: dict[int, list[int]] = {}
         self._trials_since_best = 0
         self._profile_id: str | None = None
+        self._baseline_id: str | None = None
+        self._confirmations: dict[str, list[str]] = {}
+        self._winner: tuple[str, dict[str, Any]] | None = None
 
     # ----- writes (adapter only) -----
     def add(self, spec: TrialSpec) -> None:
@@ -67,6 +70,10 @@ class Tracker:
         self._running[spec.request_id] = None
         if spec.kind is TrialKind.PROFILE:
             self._profile_id = spec.request_id
+        elif spec.kind is TrialKind.BASELINE:
+            self._baseline_id = spec.request_id
+        elif spec.kind is TrialKind.CONFIRM and spec.parent_id is not None:
+            self._confirmations.setdefault(spec.parent_id, []).append(spec.request_id)
         if spec.lineage_id is not None:
             self._lineages.setdefault(spec.lineage_id, []).append(spec.request_id)
 
@@ -171,7 +178,33 @@ class Tracker:
         return self._records[ids[-1]] if ids else None
 
     def best(self) -> TrialRecord | None:
+        """The confirmed winner once there is one, else the best single search trial."""
+        if self._winner is not None:
+            return self._records[self._winner[0]]
         return None if self._best_id is None else self._records[self._best_id]
+
+    def best_metrics(self) -> dict[str, Any] | None:
+        """The metrics to report for :meth:`best` (a confirmed winner's are medians)."""
+        if self._winner is not None:
+            return dict(self._winner[1])
+        best = self.best()
+        return None if best is None or best.result is None else dict(best.result.metrics)
+
+    def set_winner(self, request_id: str, metrics: Mapping[str, Any]) -> None:
+        """Record the confirmed winner (a search trial) and its median metrics."""
+        self._winner = (request_id, dict(metrics))
+
+    @property
+    def winner_confirmed(self) -> bool:
+        return self._winner is not None
+
+    @property
+    def baseline_record(self) -> TrialRecord | None:
+        return None if self._baseline_id is None else self._records[self._baseline_id]
+
+    def confirmations_of(self, request_id: str) -> list[TrialRecord]:
+        """Re-measurements of a search trial, oldest first."""
+        return [self._records[rid] for rid in self._confirmations.get(request_id, [])]
 
     def best_score(self) -> float | None:
         return None if self._best_id is None else self._score_of_id(self._best_id)
@@ -231,6 +264,7 @@ class Tracker:
             "limits": self.limits.to_json(),
             "profile": None if self.profile is None else self.profile.to_json(),
             "journaled": journaled,
+            "winner": None if self._winner is None else list(self._winner),
             "records": [r.to_json() for rid, r in self._records.items() if rid not in skipped],
         }
 
@@ -256,4 +290,7 @@ class Tracker:
         for record in finished:
             assert record.result is not None
             tracker.finish(record.spec.request_id, record.result)
+        winner = data.get("winner")
+        if winner is not None:
+            tracker.set_winner(str(winner[0]), winner[1])
         return tracker

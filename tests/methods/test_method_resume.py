@@ -174,6 +174,17 @@ def scenarios() -> list[Scenario]:
         )
 
     out.append(Scenario("ooms", tight, tight.slots, ooms))
+    first = Landscape.draw(SEEDS[0])
+    out.append(
+        Scenario(
+            "baseline-and-confirm",
+            first,
+            first.slots,
+            lambda m: make_settings(
+                m, max_trials=30, max_concurrent_trials=3, baseline=True, confirm_top=3
+            ),
+        )
+    )
     return out
 
 
