@@ -189,6 +189,8 @@ def _settings(argv: Sequence[str]) -> tuple[SearchSettings, str]:
         resume=resume,
         trial_timeout_s=a.trial_timeout,
         mbs_tolerance=_tolerance(a.mbs_tolerance),
+        baseline=not a.no_baseline,
+        confirm_top=a.confirm_top,
         **{name: getattr(a, name) for name in _AS_GIVEN},
     )
     return settings, why
@@ -249,9 +251,34 @@ def _fail(message: object) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+# --- the report subcommand -----------------------------------------------------------------
+
+REPORT_HELP = (
+    "Reports: 'dsat report RUN_DIR' writes a summary, a trials CSV, plots and a "
+    "self-contained HTML page of a run directory to RUN_DIR/report/ (also while it runs)."
+)
+
+
+def _report_or_help(args: list[str]) -> int | None:
+    """Handle ``dsat report ...`` and ``dsat --help``; None for everything else."""
+    if args and args[0] == "report":
+        from determined_dsat.report.report import main as report_main
+
+        return report_main(args[1:])
+    if args and args[0] in ("-h", "--help"):
+        parser = build_parser()
+        parser.epilog = REPORT_HELP
+        parser.print_help()
+        return 0
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dsat``; returns the exit code (0 ok, 1 search failed, 2 bad input, 130 Ctrl-C)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    handled = _report_or_help(args)
+    if handled is not None:
+        return handled
     try:
         try:
             settings, why = _settings(args)
