@@ -546,3 +546,16 @@ def test_mbs_tolerance_reaches_settings(run: Run, launch: Launch) -> None:
     launch.calls.clear()
     assert run("asha")[0] == 0
     assert launch.settings.mbs_tolerance == 0.05
+
+
+def test_baseline_and_confirmation_on_by_default(run: Run, launch: Launch) -> None:
+    assert run("binary")[0] == 0
+    assert launch.settings.baseline is True and launch.settings.confirm_top == 3
+    launch.calls.clear()
+    assert run("binary", "--no-baseline", "--confirm-top", "0")[0] == 0
+    assert launch.settings.baseline is False and launch.settings.confirm_top == 0
+
+
+def test_confirm_top_must_not_be_negative(run: Run, launch: Launch) -> None:
+    code, err = run("asha", "--confirm-top", "-1")
+    assert code == 2 and "--confirm-top" in err and not launch.calls
