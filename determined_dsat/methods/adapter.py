@@ -210,11 +210,12 @@ class DSATSearchMethod(searcher.SearchMethod):
         ops: list[searcher.Operation] = []
         if reason is None:
             capacity = min(self.tracker.capacity(), self._search_budget_left())
-            if capacity > 0:
-                for proposal in self.policy.propose(self.tracker, capacity, self.rng)[:capacity]:
-                    spec = self._spec_from(proposal)
-                    self.tracker.add(spec)
-                    ops.extend(self._launch_ops(spec, trial_length(self.space.end_profile_step)))
+            if capacity <= 0:
+                return ops  # no room right now (other trials run): not the end of the search
+            for proposal in self.policy.propose(self.tracker, capacity, self.rng)[:capacity]:
+                spec = self._spec_from(proposal)
+                self.tracker.add(spec)
+                ops.extend(self._launch_ops(spec, trial_length(self.space.end_profile_step)))
             if ops:
                 return ops
             reason = "the search space is exhausted"

@@ -48,6 +48,7 @@ class RunDirectory:
         self.journal_path = self.path / "state-journal.jsonl"
         self._lock_fd: int | None = None
         self._lock_pid = 0
+        self._depth = 0
 
     # -- locking -----------------------------------------------------------------
 
@@ -106,7 +107,9 @@ class RunDirectory:
             os.close(fd)
 
     def __enter__(self) -> RunDirectory:
+        # Nested ``with`` blocks share one lock; only the outermost exit releases it.
         self.acquire()
+        self._depth += 1
         return self
 
     def __exit__(
@@ -115,7 +118,9 @@ class RunDirectory:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        self._depth -= 1
+        if self._depth == 0:
+            self.release()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

@@ -92,9 +92,12 @@ class SearchEngine:
         self._drain()
         self._checkpoint()
 
-    def resume(self) -> None:
-        """Relaunch trials that were running when the state was saved."""
+    def resume(self, finished: set[str] | frozenset[str] = frozenset()) -> None:
+        """Relaunch trials that were running when the state was saved, except those known
+        to have ``finished`` since (their results are fed with :meth:`complete`)."""
         for trial in self.trials.values():
+            if trial.request_id in finished:
+                continue
             if trial.result is None and trial.length is not None and not trial.closed:
                 self.executor.launch(trial.request_id, trial.hparams, trial.length)
 

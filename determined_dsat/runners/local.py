@@ -73,6 +73,7 @@ class _Running:
     started: float
     autotuning: bool
     deadline: float
+    port: int = 0
     failed_at: float | None = None
     timed_out: bool = False
     killed_by_us: bool = False
@@ -135,6 +136,7 @@ class LocalExecutor:
             started=now,
             autotuning=_autotuning_on(hparams),
             deadline=now + self.options.trial_timeout_s,
+            port=ports[0],
         )
         self._watch(running)
         self._running[request_id] = running
@@ -284,11 +286,14 @@ class LocalExecutor:
             )
             _kill_group(running.procs)
         elif running.failed_at is not None and now >= running.failed_at + RANK_FAILURE_GRACE_S:
+            # The survivors are stuck in a collective; their SIGKILL is ours, not an OOM.
+            running.killed_by_us = True
             _kill_group(running.procs)
         return False
 
     def _finish(self, running: _Running) -> Completion:
         self._release(running)
+        _remove_shared_memory(running.port)
         del self._running[running.request_id]
         ending = TrialEnding(
             trial_dir=running.trial_dir,
@@ -330,7 +335,7 @@ def _autotuning_on(hparams: Mapping[str, Any]) -> bool:
 
 def _limit_child(cpu: int | None, memory_limit_mb: int | None) -> None:
     """Runs in the child before exec: die with the runner, pin to its core, cap its memory."""
-    _die_with_parent()
+    die_with_parent()
     if cpu is not None:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cpu})
@@ -339,7 +344,18 @@ def _limit_child(cpu: int | None, memory_limit_mb: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _die_with_parent() -> None:
+def _remove_shared_memory(port: int) -> None:
+    """Delete the allreduce buffers DeepSpeed's CPU shared-memory comm op left for a trial.
+
+    DeepSpeed 0.19.8 creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>``
+    (66 MiB per rank) and never unlinks it; a search of many trials would fill RAM.
+    """
+    for leftover in pathlib.Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when the runner dies, even by SIGKILL, so a
     crashed runner leaves no trial behind (``--resume`` starts them again)."""
     try:

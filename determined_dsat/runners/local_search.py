@@ -57,7 +57,8 @@ def run_local(settings: SearchSettings, experiment: Experiment) -> int:
 
     session = Session(settings, experiment, make_executor)
     logger.info("local backend: %d %s slot(s) %s", len(slots.ids), slots.kind, list(slots.ids))
-    with _terminate_as_interrupt(), log_to_run_dir(session.run_dir):
+    # Lock first: a refused second runner must not touch the live run's logs.
+    with session.run_dir, _terminate_as_interrupt(), log_to_run_dir(session.run_dir):
         warm_up_ops(experiment.ds_config, slots, session.run_dir.path / "warmup.log")
         outcome = session.run()
         print_summary(settings, session.run_dir, outcome)

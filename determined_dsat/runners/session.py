@@ -167,12 +167,12 @@ class Session:
         self.method.load_state_dict(state["method"], journal)
         self._journaled = journaled
         engine.load_state_dict(state["engine"])
+        logged = {line["request_id"]: line for line in self.run_dir.read_trials()}
         restore = getattr(executor, "load_state_dict", None)
         if restore is not None and state.get("executor") is not None:
             restore(state["executor"])
         else:
-            engine.resume()
-        logged = {line["request_id"]: line for line in self.run_dir.read_trials()}
+            engine.resume(finished=frozenset(logged))
         self._already_logged = set(logged)
         best = self.method.tracker.best()
         metrics = self.method.tracker.best_metrics()

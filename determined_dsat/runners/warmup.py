@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from determined_dsat.runners.devices import Slots
+from determined_dsat.runners.local import die_with_parent
 
 logger = logging.getLogger("determined_dsat")
 
@@ -62,6 +63,7 @@ def warm_up_ops(ds_config: Mapping[str, Any], slots: Slots, log_path: pathlib.Pa
                 stdin=subprocess.DEVNULL,
                 timeout=WARMUP_TIMEOUT_S,
                 check=False,
+                preexec_fn=die_with_parent,
             ).returncode
         except subprocess.TimeoutExpired:
             code = -1
