@@ -256,7 +256,10 @@ def run_floor(trial: Trial, work: pathlib.Path, name: str) -> tuple[float, float
         INTER_TRAIN_PROCESS_COMM_PORT_2=str(comm2),
     )
     command = [sys.executable, "-m", *_bootstrap_args(sheet, trial)]
-    seconds = _run_process(command, env, trial_dir, trial.core, "floor")
+    try:
+        seconds = _run_process(command, env, trial_dir, trial.core, "floor")
+    finally:
+        remove_port_shm(master)
     return seconds, _throughput(trial_dir, "floor")
 
 
@@ -290,12 +293,17 @@ def run_launcher(trial: Trial, work: pathlib.Path, name: str) -> tuple[float, fl
     sheet = prepare_dir(trial, trial_dir)
     (port,) = _free_ports(1)
     command = launcher_command(sheet, trial, port)
-    seconds = _run_process(command, _base_env(), trial_dir, trial.core, "launcher")
+    try:
+        seconds = _run_process(command, _base_env(), trial_dir, trial.core, "launcher")
+    finally:
+        remove_port_shm(port)
     return seconds, _throughput(trial_dir, "launcher")
 
 
 # DeepSpeed 0.19.8's CPU allreduce leaves a 66 MiB segment per rank in /dev/shm (named
-# after MASTER_ADDR/MASTER_PORT, never unlinked); every run here has its own port.
+# after MASTER_ADDR/MASTER_PORT, never unlinked); every run here has its own port. The
+# runner removes its trials' (inside the time measured); the other ways' are removed here,
+# after their timing.
 SHM_DIR = pathlib.Path("/dev/shm")
 SHM_PATTERN = "deepspeed_allreduce_buffer_*_127.0.0.1_*"
 
@@ -304,8 +312,16 @@ def shm_buffers() -> set[str]:
     return {p.name for p in SHM_DIR.glob(SHM_PATTERN)} if SHM_DIR.is_dir() else set()
 
 
+def remove_port_shm(port: int) -> None:
+    """Remove the buffers of a finished run that used ``port`` as MASTER_PORT."""
+    for path in SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def remove_leaked_shm(before: set[str]) -> int:
-    """Remove the buffers created since ``before`` that no live process maps."""
+    """Remove the buffers created since ``before`` that no live process maps (the
+    runner removes its own; this is for a runner that does not)."""
     new = shm_buffers() - before
     if not new:
         return 0
@@ -328,7 +344,8 @@ def measure(way: str, trial: Trial, work: pathlib.Path, round_: int) -> Measurem
     try:
         return _measure(way, trial, work, round_)
     finally:
-        remove_leaked_shm(before)
+        if way == "runner":
+            remove_leaked_shm(before)
 
 
 def _measure(way: str, trial: Trial, work: pathlib.Path, round_: int) -> Measurement:

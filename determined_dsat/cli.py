@@ -172,6 +172,11 @@ def _settings(argv: Sequence[str]) -> tuple[SearchSettings, str]:
             raise ConfigError(f"--include: not found: {given}")
     src = a.search_runner_config
     backend, why = _backend(a)
+    if backend is Backend.DETERMINED and a.resume is not None and a.backend is not None:
+        raise ConfigError(
+            "--resume continues a local or replay search; on a cluster the search runner "
+            "resumes by itself when it restarts (--max-search-runner-restarts)"
+        )
     run_dir, resume = _run_dir(a)
     settings = SearchSettings(
         method=a.method,
@@ -273,6 +278,14 @@ def _report_or_help(args: list[str]) -> int | None:
     return None
 
 
+def _where(settings: SearchSettings) -> str:
+    if settings.backend is Backend.DETERMINED:
+        master = os.environ.get("DET_MASTER") or "the default master (localhost:8080)"
+        return f"submitting the search runner to {master}"
+    verb = "resuming" if settings.resume else "run directory"
+    return f"{verb} {_shown(settings.run_dir)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``dsat``; returns the exit code (0 ok, 1 search failed, 2 bad input, 130 Ctrl-C)."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -288,10 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_against_experiment(settings, experiment)
         except SystemExit as e:  # --help
             return e.code if isinstance(e.code, int) else 0
-        verb = "resuming" if settings.resume else "run directory"
         print(
-            f"{PROG}: backend {settings.backend.value} ({why}); {verb} {_shown(settings.run_dir)}",
-            file=sys.stderr,
+            f"{PROG}: backend {settings.backend.value} ({why}); {_where(settings)}", file=sys.stderr
         )
         from determined_dsat.runners.launch import run_search  # type: ignore[import-not-found]
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pathlib
 import runpy
+import signal
 import sys
+import types
 
 from determined_dsat.integration.local_context import TrialSheet, install
 
@@ -23,8 +25,16 @@ def _split(argv: list[str]) -> tuple[pathlib.Path, list[str]]:
     return pathlib.Path(argv[0]), argv[3:]
 
 
+def _exit_on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    # The runner stops a trial with SIGTERM before SIGKILL. Unwinding (instead of dying
+    # at once) lets torch's extension loader delete its cache lock, which a killed rank
+    # would leave behind to block every later DeepSpeed op load on the machine.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str]) -> None:
     sheet_path, command = _split(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     install(TrialSheet.read(sheet_path))
     sys.path.insert(0, str(pathlib.Path.cwd()))
     if command and command[0] == "-m" and len(command) > 1:

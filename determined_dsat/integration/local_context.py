@@ -23,6 +23,8 @@ import attrs
 
 SHEET_NAME = "dsat_trial.json"
 METRICS_NAME = "dsat_metrics.jsonl"
+# The cluster id of the local stand-ins, which tells a trial it is not on a cluster.
+LOCAL_CLUSTER_ID = "dsat-local"
 
 
 @attrs.frozen
@@ -70,7 +72,7 @@ def _cluster_info(sheet: TrialSheet, rank: int) -> Any:
     )
     return det.ClusterInfo(
         master_url="http://127.0.0.1:1",
-        cluster_id="dsat-local",
+        cluster_id=LOCAL_CLUSTER_ID,
         agent_id="dsat-local",
         slot_ids=[rank],
         task_id=f"dsat-local.{sheet.trial_id}",

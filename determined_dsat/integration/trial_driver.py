@@ -8,8 +8,10 @@ hyperparameters the controller sees (so it never reaches for ``determined.pytorc
 and the controller runs inside :func:`dsat_reporting_context`, which reports what
 DeepSpeed's autotuning hooks write before they exit the process.
 
-Used by the local runner today (through ``bootstrap``, which provides the cluster info
-and Core API context). Determined 0.37's ``DeepSpeedTrialContext`` demands CUDA; on a
+The same module is the trial entrypoint everywhere: the local runner starts it through
+``bootstrap`` (which provides stand-ins for the cluster info and Core API context), and
+the ``custom`` experiment on a cluster starts it under ``determined.launch.deepspeed``.
+Determined 0.37's ``DeepSpeedTrialContext`` demands CUDA; on a
 machine without it, the trial's device comes from DeepSpeed's accelerator instead.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from determined_dsat.integration.local_context import LOCAL_CLUSTER_ID
 from determined_dsat.integration.reporting import dsat_reporting_context
 from determined_dsat.space.ds_config import USE_DSAT_MODE_KEY
 
@@ -67,6 +70,40 @@ def _use_accelerator_device_without_cuda() -> None:
     DeepSpeedTrialContext._init_device = init_device  # type: ignore[method-assign]
 
 
+def _env_fields(info: Any) -> dict[str, Any]:
+    """What Determined's harness puts in the trial's ``EnvContext``: from the real cluster
+    info on a cluster, and CPU-friendly values under the local runner's stand-ins."""
+    on_cluster = info.cluster_id != LOCAL_CLUSTER_ID
+    gpus = list(info.gpu_uuids) if on_cluster else []
+    return {
+        "master_url": info.master_url,
+        "master_cert_file": info.master_cert_file,
+        "master_cert_name": info.master_cert_name,
+        "experiment_config": _experiment_config(info),
+        "hparams": _hparams(info),
+        "latest_checkpoint": info.latest_checkpoint,
+        "steps_completed": info.trial._steps_completed,
+        "use_gpu": bool(gpus),
+        "container_gpus": gpus,
+        "slot_ids": (
+            list(info.slot_ids)
+            if on_cluster
+            else list(range(int(os.environ.get("LOCAL_SIZE", "1"))))
+        ),
+        "debug": info.trial._debug,
+        "det_trial_id": str(info.trial.trial_id),
+        "det_experiment_id": str(info.trial.experiment_id),
+        "det_agent_id": info.agent_id,
+        "det_cluster_id": info.cluster_id,
+        "trial_seed": info.trial.trial_seed,
+        "trial_run_id": info.trial._trial_run_id,
+        "allocation_id": info.allocation_id,
+        "managed_training": True,
+        "test_mode": False,
+        "on_cluster": on_cluster,
+    }
+
+
 def run(entrypoint: str) -> None:
     """Run the Trial class named ``module:Class`` to the end of its searcher operation."""
     import determined as det
@@ -75,30 +112,7 @@ def run(entrypoint: str) -> None:
     info = det.get_cluster_info()
     if info is None:
         raise SystemExit("no cluster info: run this through the local runner or on a cluster")
-    hparams = _hparams(info)
-    env = det.EnvContext(
-        master_url=info.master_url,
-        master_cert_file=info.master_cert_file,
-        master_cert_name=info.master_cert_name,
-        experiment_config=_experiment_config(info),
-        hparams=hparams,
-        latest_checkpoint=info.latest_checkpoint,
-        steps_completed=0,
-        use_gpu=False,
-        container_gpus=[],
-        slot_ids=list(range(int(os.environ.get("LOCAL_SIZE", "1")))),
-        debug=False,
-        det_trial_id=str(info.trial.trial_id),
-        det_experiment_id=str(info.trial.experiment_id),
-        det_agent_id=info.agent_id,
-        det_cluster_id=info.cluster_id,
-        trial_seed=info.trial.trial_seed,
-        trial_run_id=1,
-        allocation_id=info.allocation_id,
-        managed_training=True,
-        test_mode=False,
-        on_cluster=False,
-    )
+    env = det.EnvContext(**_env_fields(info))
     _use_accelerator_device_without_cuda()
     trial_class = load.trial_class_from_entrypoint(entrypoint)
     controller_class = load.get_trial_controller_class(trial_class)

@@ -85,6 +85,11 @@ class DSATSearchMethod(searcher.SearchMethod):
         self._confirm_queue: list[str] = []
         self._search_end: str | None = None
 
+    @property
+    def shutdown_sent(self) -> bool:
+        """Whether the method has ended the search (a ``Shutdown`` was returned)."""
+        return self._shutdown_sent
+
     # ----- runner-side annotations -----
     def note_outcome(
         self, request_id: str, outcome: Outcome, detail: str = "", duration_s: float | None = None

@@ -150,27 +150,7 @@ class RunDirectory:
         re-measures (``confirms``). A torn last line left by a crash is cut off first so it
         cannot swallow the new one.
         """
-        if record.result is None or record.finished_seq is None:
-            raise ValueError(f"trial {record.spec.request_id} has not finished")
-        spec, result = record.spec, record.result
-        line = {
-            "trial_id": record.finished_seq,
-            "request_id": spec.request_id,
-            "kind": spec.kind.value,
-            "status": result.outcome.value,
-            "stage": spec.stage,
-            "mbs": spec.mbs,
-            "gas": spec.gas,
-            "overwrites": dict(overwrites),
-            "metrics": dict(result.metrics),
-            "duration_s": result.duration_s,
-            "lineage_id": spec.lineage_id,
-            "parent_id": spec.parent_id,
-            "detail": result.detail,
-            "finished_at": time.time() if finished_at is None else finished_at,
-        }
-        if spec.kind is TrialKind.CONFIRM:
-            line["confirms"] = spec.parent_id
+        line = trial_line(record, overwrites, finished_at)
         self._drop_torn_tail()
         append_json_line(self.trials_path, line)
 
@@ -235,6 +215,35 @@ class RunDirectory:
     def read_settings(self) -> dict[str, Any] | None:
         """The saved settings, or None when there are none."""
         return _read_json_object(self.settings_path)
+
+
+def trial_line(
+    record: TrialRecord, overwrites: Mapping[str, Any], finished_at: float | None = None
+) -> dict[str, Any]:
+    """The ``trials.jsonl`` line of a finished trial (``finished_at``: Unix time, now by
+    default)."""
+    if record.result is None or record.finished_seq is None:
+        raise ValueError(f"trial {record.spec.request_id} has not finished")
+    spec, result = record.spec, record.result
+    line = {
+        "trial_id": record.finished_seq,
+        "request_id": spec.request_id,
+        "kind": spec.kind.value,
+        "status": result.outcome.value,
+        "stage": spec.stage,
+        "mbs": spec.mbs,
+        "gas": spec.gas,
+        "overwrites": dict(overwrites),
+        "metrics": dict(result.metrics),
+        "duration_s": result.duration_s,
+        "lineage_id": spec.lineage_id,
+        "parent_id": spec.parent_id,
+        "detail": result.detail,
+        "finished_at": time.time() if finished_at is None else finished_at,
+    }
+    if spec.kind is TrialKind.CONFIRM:
+        line["confirms"] = spec.parent_id
+    return line
 
 
 def _read_json_lines(path: pathlib.Path) -> list[dict[str, Any]]:

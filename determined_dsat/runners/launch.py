@@ -28,10 +28,10 @@ def run_search(settings: SearchSettings, experiment: Experiment) -> int:
         from determined_dsat.runners.local_search import run_local
 
         return run_local(settings, experiment)
-    raise SearchError(
-        "the determined backend is not available in this version yet; "
-        "use --backend local (this machine) or --backend replay"
-    )
+    from determined_dsat.runners.cluster.submit import submit
+
+    submit(settings, experiment)
+    return 0
 
 
 def _run_replay(settings: SearchSettings, experiment: Experiment) -> int:

@@ -29,6 +29,7 @@ from determined_dsat.integration.local_context import METRICS_NAME, SHEET_NAME, 
 from determined_dsat.runners.devices import Slots
 from determined_dsat.runners.engine import Completion
 from determined_dsat.runners.entrypoint import LocalCommand
+from determined_dsat.runners.ext_locks import clear_stale_locks
 from determined_dsat.runners.outcome import TrialEnding, classify
 from determined_dsat.space.ds_config import (
     AUTOTUNING_KEY,
@@ -157,7 +158,9 @@ class LocalExecutor:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=KILL_GRACE_S)
             self._release(running)
+            _remove_shared_memory(running.port)
         self._running.clear()
+        clear_stale_locks()
 
     # ----- processes -----
     def _prepare_dir(self, request_id: str) -> pathlib.Path:
@@ -294,6 +297,7 @@ class LocalExecutor:
     def _finish(self, running: _Running) -> Completion:
         self._release(running)
         _remove_shared_memory(running.port)
+        clear_stale_locks()
         del self._running[running.request_id]
         ending = TrialEnding(
             trial_dir=running.trial_dir,

@@ -6,9 +6,8 @@ import logging
 import signal
 import sys
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import attrs
 
@@ -22,7 +21,7 @@ from determined_dsat.runners.session import SearchOutcome, Session
 from determined_dsat.runners.warmup import warm_up_ops
 from determined_dsat.settings import SearchSettings
 from determined_dsat.space.config_space import ConfigSpace
-from determined_dsat.space.ds_config import AUTOTUNING_KEY, OVERWRITE_KEY, USE_DSAT_MODE_KEY
+from determined_dsat.space.ds_config import full_experiment_hparams
 from determined_dsat.space.experiment import Experiment
 from determined_dsat.space.memory import Precision
 from determined_dsat.trials.records import Outcome
@@ -105,15 +104,6 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def full_experiment_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The best trial's hyperparameters for a normal training run: no autotuning, no dsat mode."""
-    result = {k: v for k, v in hparams.items() if k != USE_DSAT_MODE_KEY}
-    overwrites = dict(result.get(OVERWRITE_KEY) or {})
-    overwrites.pop(AUTOTUNING_KEY, None)
-    result[OVERWRITE_KEY] = overwrites
-    return result
 
 
 def _run_full_experiment(session: Session, outcome: SearchOutcome, experiment: Experiment) -> int:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Mapping
 from typing import Any
 
 from determined_dsat.runners.devices import Slots
+from determined_dsat.runners.ext_locks import clear_stale_locks
 from determined_dsat.runners.local import die_with_parent
 
 logger = logging.getLogger("determined_dsat")
@@ -31,6 +34,7 @@ _BY_OPTIMIZER = {
 }
 _CPU_ONLY = ("ShareMemCommBuilder",)
 WARMUP_TIMEOUT_S = 1800.0
+STOP_GRACE_S = 10.0
 
 
 def ops_for(ds_config: Mapping[str, Any], gpu: bool) -> list[str]:
@@ -53,23 +57,44 @@ def warm_up_ops(ds_config: Mapping[str, Any], slots: Slots, log_path: pathlib.Pa
         env["DS_ACCELERATOR"] = "cpu"
     logger.info("preparing DeepSpeed ops %s (compiled once, then cached)", ", ".join(names))
     started = time.monotonic()
+    clear_stale_locks()
     with log_path.open("wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "determined_dsat.runners.warmup", *names],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
         try:
-            code = subprocess.run(
-                [sys.executable, "-m", "determined_dsat.runners.warmup", *names],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                timeout=WARMUP_TIMEOUT_S,
-                check=False,
-                preexec_fn=die_with_parent,
-            ).returncode
+            code = child.wait(timeout=WARMUP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
+            _stop(child)
             code = -1
+        except BaseException:
+            _stop(child)
+            raise
     if code != 0:
         logger.warning("preparing DeepSpeed ops failed (see %s); trials will try again", log_path)
     logger.info("DeepSpeed ops ready in %.1f s", time.monotonic() - started)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """Stop the warm-up so that it releases torch's extension lock, then remove what a
+    kill left anyway (a stale lock would hang every later op load)."""
+    child.terminate()
+    try:
+        child.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    clear_stale_locks()
+
+
+def _exit_on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    # SystemExit unwinds torch's loader, whose ``finally`` deletes the extension lock.
+    raise SystemExit(128 + signum)
 
 
 def _load(names: list[str]) -> int:
@@ -93,4 +118,5 @@ def _load(names: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(_load(sys.argv[1:]))

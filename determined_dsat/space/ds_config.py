@@ -35,6 +35,15 @@ def without_autotuning(ds_config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: copy.deepcopy(v) for k, v in ds_config.items() if k != AUTOTUNING_KEY}
 
 
+def full_experiment_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The best trial's hyperparameters for a normal training run: no autotuning, no dsat mode."""
+    result = {k: v for k, v in hparams.items() if k != USE_DSAT_MODE_KEY}
+    overwrites = dict(result.get(OVERWRITE_KEY) or {})
+    overwrites.pop(AUTOTUNING_KEY, None)
+    result[OVERWRITE_KEY] = overwrites
+    return result
+
+
 def autotuning_section(start_profile_step: int, end_profile_step: int) -> dict[str, Any]:
     """The ``autotuning`` block that makes DeepSpeed profile a few steps, write metrics, exit."""
     return {

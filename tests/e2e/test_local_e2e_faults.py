@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 FAULTS = ["crash", "hang", "oom"]
 MAX_TRIALS = 7
-TRIAL_TIMEOUT_S = 30
+TRIAL_TIMEOUT_S = 40
 CAP_MIB = 4000
 
 WRAPPER = textwrap.dedent(
@@ -194,14 +194,15 @@ def test_hang_times_out_and_the_search_goes_on(faulty_search: Runner) -> None:
     assert TRIAL_TIMEOUT_S <= line["duration_s"] < TRIAL_TIMEOUT_S + 15
     assert line["detail"].startswith("timed out"), line["detail"]
     assert "dsat-e2e: fault hang on rank 0" in line["detail"]
-    # The other slot kept running trials while this one hung (the crash, the oom and a
-    # clean one), and the search went on after the timeout.
+    # The other slot kept running trials while this one hung (the crash, the oom and
+    # clean ones), and the search spent its whole budget: the hang stopped nothing.
+    # (Whether a trial is left to run after the timeout depends on the machine's speed.)
     lines = read_trials(faulty_search.run_dir)
     during = [o for o in lines if o["kind"] == "search" and o["trial_id"] < line["trial_id"]]
     assert len(during) >= 2, lines
-    later = [o for o in lines if o["trial_id"] > line["trial_id"]]
-    assert later, lines
-    assert all(o["duration_s"] > 5 for o in later), later  # real trials, not skipped
+    assert len(lines) == MAX_TRIALS, lines
+    others = [o for o in lines if o["kind"] == "search" and o["status"] == "ok"]
+    assert others and all(o["duration_s"] > 5 for o in others), others  # real trials
 
 
 def test_trials_after_faults_still_succeed(faulty_search: Runner) -> None:

@@ -27,6 +27,10 @@ from test_local_e2e_support import (  # noqa: F401 (autouse fixture)
     search_args,
 )
 
+from determined_dsat import cli
+from determined_dsat.runners.cluster.configs import custom_experiment_config
+from determined_dsat.space.experiment import load_experiment
+
 pytestmark = pytest.mark.slow
 
 ROOMY_CAP_MIB = 4000
@@ -136,6 +140,40 @@ def test_deepspeed_trial_one_slot_search(deepspeed_trial_1: Runner) -> None:
     )
     assert sheet["experiment_config"]["entrypoint"].endswith("--trial model_def:GPTTrial")
     no_processes_left(deepspeed_trial_1.run_dir, within=1.0)
+
+
+@pytest.fixture(scope="module")
+def deepspeed_trial_cluster_entrypoint(tmp_path_factory: pytest.TempPathFactory) -> Runner:
+    """The DeepSpeedTrial example with the entrypoint its ``custom`` experiment gets on a
+    cluster (our dsat-mode driver under Determined's DeepSpeed launcher)."""
+    tmp = tmp_path_factory.mktemp("dstrial-cluster")
+    user = copy_example("deepspeed_trial", tmp / "user")
+    settings = cli.parse_settings(
+        ["binary", str(user / "deepspeed-cpu.yaml"), str(user), "--backend", "determined"]
+    )
+    experiment = load_experiment(settings.config_path, settings.model_dir)
+    custom = custom_experiment_config(settings, experiment.raw, {}, runner_experiment_id=1)
+
+    def use_cluster_entrypoint(config: dict[str, Any]) -> None:
+        config["entrypoint"] = custom["entrypoint"]
+
+    model_dir = copy_example("deepspeed_trial", tmp / "model", edit=use_cluster_entrypoint)
+    return _search(tmp, model_dir, 2, ROOMY_CAP_MIB, "--train-batch-size", "64", "--no-baseline")
+
+
+def test_deepspeed_trial_runs_through_the_cluster_entrypoint(
+    deepspeed_trial_cluster_entrypoint: Runner,
+) -> None:
+    runner = deepspeed_trial_cluster_entrypoint
+    lines = check_finished_search(runner, 2, 1, ROOMY_CAP_MIB, train_batch_size=64)
+    assert [line["kind"] for line in lines] == ["profile", "search"]
+    assert lines[1]["status"] == "ok" and lines[1]["metrics"]["throughput"] > 0
+    sheet = read_json(runner.run_dir / "trials" / lines[1]["request_id"] / "dsat_trial.json")
+    assert sheet["experiment_config"]["entrypoint"] == (
+        "python3 -m determined.launch.deepspeed python3 -m "
+        "determined_dsat.integration.trial_driver model_def:GPTTrial"
+    )
+    no_processes_left(runner.run_dir, within=1.0)
 
 
 def test_search_leaves_no_shared_memory_behind(core_api_2: Runner) -> None:

@@ -16,12 +16,13 @@ import pytest
 from test_local_e2e_support import (  # noqa: F401 (autouse fixture)
     Runner,
     copy_example,
+    held_files,
     kill_leftovers,
     processes_of,
     read_trials,
     remove_leaked_shm_buffers,
     search_args,
-    shm_leak_cleanup,
+    torch_locks,
     trial_processes,
     wait_for,
 )
@@ -68,26 +69,25 @@ def stopped_mid_search(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stopped]:
     """Signalled while two trials train (the profiling trial done)."""
-    with shm_leak_cleanup() as leaked:
-        runner = _start(tmp_path_factory, "signal")
-        try:
-            run_dir = runner.run_dir
-            wait_for(
-                "two trials running",
-                lambda: len(read_trials(run_dir)) >= 1 and len(trial_processes(run_dir)) >= 2,
-                timeout=180,
-                runner=runner,
-            )
-            # Let the ranks get into DeepSpeed (gloo up, training) before stopping them.
-            wait_for("the ranks to train", lambda: _training(runner) >= 3, 60, runner)
-            running = {
-                cmd.split("/trials/")[1].split("/")[0] for cmd in trial_processes(run_dir).values()
-            }
-            code, left = _stop(runner, request.param)
-        finally:
-            runner.kill()
-            kill_leftovers(runner.run_dir)
-    yield Stopped(runner, code, left, running, leaked)
+    runner = _start(tmp_path_factory, "signal")
+    try:
+        run_dir = runner.run_dir
+        wait_for(
+            "two trials running",
+            lambda: len(read_trials(run_dir)) >= 1 and len(trial_processes(run_dir)) >= 2,
+            timeout=180,
+            runner=runner,
+        )
+        # Let the ranks get into DeepSpeed (gloo up, training) before stopping them.
+        wait_for("the ranks to train", lambda: _training(runner) >= 3, 60, runner)
+        running = {
+            cmd.split("/trials/")[1].split("/")[0] for cmd in trial_processes(run_dir).values()
+        }
+        code, left = _stop(runner, request.param)
+    finally:
+        runner.kill()
+        kill_leftovers(runner.run_dir)
+    yield Stopped(runner, code, left, running, runner.take_leaked_shm())
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=IDS)
@@ -134,14 +134,35 @@ def test_stopped_trials_are_not_recorded_as_finished(stopped_mid_search: Stopped
     assert (run_dir / "state.json").is_file()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: LocalExecutor.cancel_all (Ctrl-C, SIGTERM, the end of a search) kills the "
-        "running trials but does not remove their DeepSpeed shared memory "
-        "(/dev/shm/deepspeed_allreduce_buffer_*_<port>_<rank>, 66 MiB per rank); only "
-        "_finish calls _remove_shared_memory, so every interrupted rank still leaks it"
-    ),
-)
 def test_stopped_trials_leave_no_shared_memory(stopped_mid_search: Stopped) -> None:
     assert stopped_mid_search.leaked_shm == set(), sorted(stopped_mid_search.leaked_shm)
+
+
+def test_interrupted_op_warmup_leaves_no_torch_lock(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # An empty extensions cache makes the warm-up compile, holding torch's lock for
+    # seconds: stopping it then is what used to leave the lock (and hang the next run).
+    cache = tmp_path_factory.mktemp("torch-extensions")
+    tmp = tmp_path_factory.mktemp("signal-lock")
+    model_dir = copy_example("core_api", tmp / "model")
+    args = search_args("binary", model_dir, tmp / "run", 6, memory_cap=CAP_MIB)
+    runner = Runner(args, tmp / "run", extra_env={"TORCH_EXTENSIONS_DIR": str(cache)})
+    try:
+
+        def warmup_holds_a_lock() -> bool:
+            pids = [
+                pid
+                for pid, cmd in processes_of(runner.run_dir).items()
+                if "determined_dsat.runners.warmup" in cmd
+            ]
+            locks = {str(lock) for lock in torch_locks(cache)}
+            return bool(pids) and bool(locks & held_files(pids))
+
+        wait_for("the warm-up to hold a torch extension lock", warmup_holds_a_lock, 120, runner)
+        code, left = _stop(runner, signal.SIGINT)
+        assert code == 130 and left == {}, runner.describe()
+        assert torch_locks(cache) == [], "stale torch extension lock(s) left"
+    finally:
+        runner.kill()
+        kill_leftovers(runner.run_dir)

@@ -17,12 +17,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 import yaml
+
+from determined_dsat.runners import ext_locks
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -48,25 +51,65 @@ def _default_sigint() -> None:
 class Runner:
     """One ``dsat`` process; its stdout and stderr go to files next to the run dir."""
 
-    def __init__(self, args: Sequence[str], run_dir: pathlib.Path, name: str = "runner") -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        run_dir: pathlib.Path,
+        name: str = "runner",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.args = [sys.executable, "-m", "determined_dsat", *args]
         base = run_dir.parent
         self.stdout_path = base / f"{name}.stdout"
         self.stderr_path = base / f"{name}.stderr"
         self.started = time.monotonic()
-        # DeepSpeed shared-memory buffers this run left in /dev/shm (see shm_leak_cleanup).
+        # MASTER_PORTs of this run's trial ranks, and the DeepSpeed shared-memory segments
+        # named after them that were left in /dev/shm (see take_leaked_shm).
+        self.ports: set[str] = set()
         self.leaked_shm: set[str] = set()
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 self.args,
                 cwd=base,
-                env=runner_env(),
+                env={**runner_env(), **(extra_env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 preexec_fn=_default_sigint,
             )
+        _RUNNERS.append(self)
+        self._watcher = threading.Thread(target=self._watch_ports, daemon=True)
+        self._watcher.start()
+
+    def _watch_ports(self) -> None:
+        needle = f"determined_dsat.integration.bootstrap {self.run_dir}/trials/".encode()
+        while self.proc.poll() is None:
+            for pid_dir in pathlib.Path("/proc").iterdir():
+                if not pid_dir.name.isdigit():
+                    continue
+                try:
+                    if needle not in (pid_dir / "cmdline").read_bytes().replace(b"\0", b" "):
+                        continue
+                    environ = (pid_dir / "environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                for item in environ:
+                    if item.startswith(b"MASTER_PORT="):
+                        self.ports.add(item.split(b"=", 1)[1].decode())
+            time.sleep(0.2)
+
+    def take_leaked_shm(self) -> set[str]:
+        """Remove (and remember) the segments of this run's trial ports left in /dev/shm."""
+        if self.proc.poll() is None:
+            return set()
+        self._watcher.join(timeout=5)
+        mine = {name for name in shm_buffers() if name.rsplit("_", 2)[-2] in self.ports}
+        for name in mine - _mapped_shm():
+            with contextlib.suppress(OSError):
+                (SHM_DIR / name).unlink()
+                self.leaked_shm.add(name)
+        return set(self.leaked_shm)
 
     @property
     def pid(self) -> int:
@@ -105,10 +148,9 @@ class Runner:
 
 
 def run_dsat(args: Sequence[str], run_dir: pathlib.Path, timeout: float, name: str) -> Runner:
-    with shm_leak_cleanup() as leaked:
-        runner = Runner(args, run_dir, name)
-        runner.wait(timeout)
-    runner.leaked_shm = leaked
+    runner = Runner(args, run_dir, name)
+    runner.wait(timeout)
+    runner.take_leaked_shm()
     return runner
 
 
@@ -162,8 +204,8 @@ def read_json(path: pathlib.Path) -> Any:
 # ----- DeepSpeed's shared memory ---------------------------------------------------------
 # DeepSpeed 0.19.8's CPU allreduce (deepspeed_shm_comm) creates one 66 MiB segment per
 # rank, /dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>,
-# and never unlinks it; every local trial has its own port, so every trial rank leaves
-# one behind (RAM, until reboot). The tests remove what their runs left.
+# and never unlinks it; the runner removes a finished trial's. The tests remove what their
+# runs left (found by the ports of their own trial ranks, so no other run's are touched).
 
 SHM_DIR = pathlib.Path("/dev/shm")
 SHM_PATTERN = "deepspeed_allreduce_buffer_*_127.0.0.1_*"
@@ -186,29 +228,48 @@ def _mapped_shm() -> set[str]:
     return mapped
 
 
-@contextlib.contextmanager
-def shm_leak_cleanup() -> Iterator[set[str]]:
-    """Collect, then remove, the DeepSpeed buffers created in the block that no live
-    process maps at its end (a running trial's are kept)."""
-    before = shm_buffers()
-    leaked: set[str] = set()
-    try:
-        yield leaked
-    finally:
-        new = shm_buffers() - before
-        if new:
-            in_use = _mapped_shm()
-            for name in new - in_use:
-                with contextlib.suppress(OSError):
-                    (SHM_DIR / name).unlink()
-                    leaked.add(name)
+_RUNNERS: list[Runner] = []
+
+
+def remove_runners_shm(since: int = 0) -> None:
+    """Remove what the runners started (from index ``since`` on) left in /dev/shm."""
+    for runner in _RUNNERS[since:]:
+        runner.take_leaked_shm()
+
+
+# ----- torch's extension locks ------------------------------------------------------------
+# torch.utils.cpp_extension takes a FileBaton (an O_EXCL file ``lock`` in the op's build
+# directory, kept open by its holder) to load or build a DeepSpeed op. A process killed while
+# holding it leaves the file, and every later load on the machine waits for it forever.
+
+
+def torch_locks(root: pathlib.Path | None = None) -> list[pathlib.Path]:
+    return ext_locks.extension_locks(root)
+
+
+def held_files(pids: Sequence[int] | None = None) -> set[str]:
+    """Paths open in the given processes (every process when None)."""
+    return ext_locks.open_files(pids)
+
+
+def clear_stale_torch_locks() -> list[pathlib.Path]:
+    """Remove torch extension locks no process holds (as the runner does)."""
+    return ext_locks.clear_stale_locks()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def remove_leaked_shm_buffers() -> Iterator[None]:
-    """Import into a test module: removes what its runs leaked in /dev/shm."""
-    with shm_leak_cleanup():
+    """Import into a test module: removes what its runs leaked in /dev/shm, and stale
+    torch extension locks (before, so a stale lock cannot hang the module's runs)."""
+    clear_stale_torch_locks()
+    first = len(_RUNNERS)
+    try:
         yield
+    finally:
+        for runner in _RUNNERS[first:]:
+            runner.kill()
+        remove_runners_shm(first)
+        clear_stale_torch_locks()
 
 
 # ----- processes ------------------------------------------------------------------------
