@@ -1,7 +1,7 @@
 """Stale locks in the torch extensions cache, and their removal.
 
 torch's JIT extension loader (``torch.utils.cpp_extension``, torch 2.13) takes
-``<TORCH_EXTENSIONS_DIR>/<py311_cpu>/<op>/lock`` (a ``FileBaton``) every time a process
+``<cache>/<op>/lock`` (a ``FileBaton``) every time a process
 loads a DeepSpeed op, keeps it open while it checks or builds the op, and deletes it
 afterwards. A process SIGKILLed in that window (Ctrl-C, ``--trial-timeout``, a runner
 killed with ``kill -9``) leaves the file behind, and every later op load on the machine
@@ -35,11 +35,13 @@ def extensions_root() -> pathlib.Path:
 
 
 def extension_locks(root: pathlib.Path | None = None) -> list[pathlib.Path]:
-    """Lock files present now under ``root`` (``<root>/<build tag>/<op>/lock``)."""
+    """Lock files present now under ``root``: ``<root>/<build tag>/<op>/lock`` in torch's
+    default cache, ``<root>/<op>/lock`` under ``$TORCH_EXTENSIONS_DIR`` (torch 2.13 adds
+    the build tag only to its default root)."""
     base = extensions_root() if root is None else root
     if not base.is_dir():
         return []
-    return sorted(base.glob("*/*/lock"))
+    return sorted({*base.glob("*/lock"), *base.glob("*/*/lock")})
 
 
 def open_files(pids: Iterable[int] | None = None) -> set[str]:

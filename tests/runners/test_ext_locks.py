@@ -34,6 +34,15 @@ def test_a_lock_nobody_holds_is_removed(tmp_path: pathlib.Path) -> None:
     assert not stale.exists()
 
 
+def test_locks_directly_under_an_explicit_extensions_dir_are_found(tmp_path: pathlib.Path) -> None:
+    # With $TORCH_EXTENSIONS_DIR set, torch builds in <dir>/<op>/ (no build tag).
+    stale = tmp_path / "fused_adam" / "lock"
+    stale.parent.mkdir()
+    stale.touch()
+    assert ext_locks.extension_locks(tmp_path) == [stale]
+    assert ext_locks.clear_stale_locks(tmp_path) == [stale]
+
+
 def test_a_lock_a_live_process_holds_is_kept(tmp_path: pathlib.Path) -> None:
     held = _lock(tmp_path, "cpu_adam")
     stale = _lock(tmp_path, "shm_comm")
