@@ -127,14 +127,7 @@ class Session:
                     self._resume(engine, executor)
                 else:
                     self.run_dir.write_settings(self.settings.to_json())
-                    plan = self.method.policy.planned_trials()
-                    logger.info(
-                        "planned budget: %d trials at most (profiling trial included), "
-                        "%d at once%s",
-                        self.settings.max_trials,
-                        self.method.tracker.limits.concurrent_cap,
-                        f"; {plan}" if plan else "",
-                    )
+                    self._announce_plan()
                     engine.start()
                 engine.run()
             finally:
@@ -142,6 +135,17 @@ class Session:
                 executor.cancel_all()
                 bar.close()
             return self._outcome()
+
+    def _announce_plan(self) -> None:
+        """Say, before any trial runs, how many trials the search may spend."""
+        plan = self.method.policy.planned_trials()
+        message = (
+            f"planned budget: {self.settings.max_trials} trials at most (profiling trial "
+            f"included), {self.method.tracker.limits.concurrent_cap} at once"
+            + (f"; {plan}" if plan else "")
+        )
+        logger.info("%s", message)
+        print(f"dsat: {message}", file=self._stream, flush=True)
 
     # ----- resume -----
     def _resume(self, engine: SearchEngine, executor: TrialExecutor) -> None:

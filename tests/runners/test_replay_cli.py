@@ -236,6 +236,9 @@ def test_replay_function_search_in_process(
         if fits:
             assert line["metrics"] == LANDSCAPE(full_config(line))
     assert "best_ds_config.json" in out  # the summary points at the result
+    # The budget is announced before the first trial's result.
+    assert "planned budget: 16 trials at most" in err
+    assert err.index("planned budget") < err.index("best")
 
 
 def test_replay_function_search_as_subprocess_matches_in_process(
