@@ -1,11 +1,12 @@
 """The search-efficiency benchmark's records and statistics (run by ``search_efficiency.py``).
 
-A :class:`Run` is one search; :class:`SpaceOptima` is a landscape's optimum over our knob
-table and over upstream's, both scored by the landscape's same effect functions; a
-:class:`LandscapeInfo` is a landscape with those optima. :func:`score_run` measures a run
-against its landscape's optimum, :func:`summarize` aggregates a method's runs,
-:func:`verdicts` and :func:`paired` compare ours with upstream, and :func:`compare_tables`
-compares the two knob tables.
+A :class:`Run` is one search of one *entry* (implementation, method): ours, upstream's
+(``determined.pytorch.dsat``) or DeepSpeed's own autotuner. :class:`SpaceOptima` is a
+landscape's optimum over each search space's knob table, all scored by the landscape's same
+effect functions; a :class:`LandscapeInfo` is a landscape with those optima.
+:func:`score_run` measures a run against its landscape's optimum, :func:`summarize`
+aggregates an entry's runs, :func:`verdicts` and :func:`paired` compare entries, and
+:func:`compare_tables` compares our knob table with upstream's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,21 @@ import numpy as np
 from benchmarks.harness import ALL_STAGES, METHODS, OUR_TABLE, KnobTables, TrialLog
 from determined_dsat.runners.synthetic import Landscape
 
-IMPLEMENTATIONS = ("ours", "upstream")
+IMPLEMENTATIONS = ("ours", "upstream", "deepspeed")
+OUR_METHODS = (*METHODS, "model")
+"""Ours: the three methods upstream has too, and ``model``, which it does not."""
+UPSTREAM_METHODS = METHODS
+NATIVE_METHODS = ("grid", "random", "model_based")
+"""DeepSpeed's tuners (``deepspeed.autotuning.tuner``), driven by ``benchmarks/native.py``."""
+Entry = tuple[str, str]  # (implementation, method)
+
+
+def entries(native: bool) -> list[Entry]:
+    """Every (implementation, method) the benchmark runs, in report order."""
+    out = [("ours", m) for m in OUR_METHODS] + [("upstream", m) for m in UPSTREAM_METHODS]
+    return out + [("deepspeed", m) for m in NATIVE_METHODS] if native else out
+
+
 REACH_LEVELS = (0.95, 0.99)
 BEST_AFTER = (16, 32)
 DIAGNOSIS_AT = 32
@@ -55,10 +70,11 @@ class LandscapeInfo:
     ours_space_optimum: float
     upstream_space_optimum: float
     best_found: float
+    native_space_optimum: float = 0.0
 
     @property
     def optimum(self) -> float:
-        return max(self.ours_space_optimum, self.upstream_space_optimum)
+        return max(self.ours_space_optimum, self.upstream_space_optimum, self.native_space_optimum)
 
     @property
     def feasible(self) -> bool:
@@ -80,13 +96,15 @@ class LandscapeInfo:
 class SpaceOptima:
     """A landscape's best noise-free throughput over each search space's configs.
 
-    Both use ``Landscape.optimum``: every stage, every combination of the table's values
+    Each uses ``Landscape.optimum``: every stage, every combination of the table's values
     of the knobs DeepSpeed reads there (the others at DeepSpeed's defaults), each at the
-    largest micro-batch that fits it, scored by the same effect functions.
+    largest micro-batch that fits it, scored by the same effect functions. ``native`` is
+    DeepSpeed's autotuner's space (0 when it was not run).
     """
 
     ours: float
     upstream: float
+    native: float = 0.0
 
     @classmethod
     def of(
@@ -94,15 +112,17 @@ class SpaceOptima:
         landscape: Landscape,
         upstream: KnobTables,
         stages: Sequence[int] = ALL_STAGES,
+        native: KnobTables | None = None,
     ) -> SpaceOptima:
         return cls(
             ours=landscape.optimum(stages, tables=OUR_TABLE),
             upstream=landscape.optimum(stages, tables=upstream),
+            native=0.0 if native is None else landscape.optimum(stages, tables=native),
         )
 
     @property
     def optimum(self) -> float:
-        return max(self.ours, self.upstream)
+        return max(self.ours, self.upstream, self.native)
 
 
 def config_ceiling(landscape: Landscape, zero: Mapping[str, Any]) -> float:
@@ -111,60 +131,6 @@ def config_ceiling(landscape: Landscape, zero: Mapping[str, Any]) -> float:
     mbs = landscape.true_max_mbs(stage, zero=zero)
     value = landscape.true_throughput(zero, mbs) if mbs >= 1 else None
     return 0.0 if value is None else value
-
-
-@attrs.frozen
-class TableComparison:
-    """Over the feasible landscapes: which knob table's optimum is the larger, by how much.
-
-    Gaps are relative, larger optimum over smaller minus one.
-    """
-
-    landscapes: int
-    ours_larger: int
-    upstream_larger: int
-    equal: int
-    mean_gap: float  # over all feasible landscapes (0 where equal)
-    mean_gap_ours_larger: float
-    mean_gap_upstream_larger: float
-    max_gap_ours_larger: float
-    max_gap_upstream_larger: float
-    mean_upstream_over_ours: float  # mean of upstream optimum / ours (signed comparison)
-
-
-def compare_tables(infos: Iterable[LandscapeInfo]) -> TableComparison:
-    ours_gaps: list[float] = []
-    upstream_gaps: list[float] = []
-    ratios: list[float] = []
-    equal = 0
-    for info in infos:
-        if not info.feasible:
-            continue
-        ours, up = info.ours_space_optimum, info.upstream_space_optimum
-        ratios.append(up / ours if ours > 0 else math.inf)
-        if math.isclose(ours, up, rel_tol=_REL_TOL):
-            equal += 1
-        elif ours > up:
-            ours_gaps.append(ours / up - 1.0 if up > 0 else math.inf)
-        else:
-            upstream_gaps.append(up / ours - 1.0 if ours > 0 else math.inf)
-    count = len(ratios)
-
-    def mean(values: Sequence[float]) -> float:
-        return float(np.mean(values)) if values else 0.0
-
-    return TableComparison(
-        landscapes=count,
-        ours_larger=len(ours_gaps),
-        upstream_larger=len(upstream_gaps),
-        equal=equal,
-        mean_gap=(sum(ours_gaps) + sum(upstream_gaps)) / count if count else 0.0,
-        mean_gap_ours_larger=mean(ours_gaps),
-        mean_gap_upstream_larger=mean(upstream_gaps),
-        max_gap_ours_larger=max(ours_gaps, default=0.0),
-        max_gap_upstream_larger=max(upstream_gaps, default=0.0),
-        mean_upstream_over_ours=mean(ratios),
-    )
 
 
 # ----- scoring one run -----
@@ -256,6 +222,7 @@ class MethodSummary:
     oom_mean: float
     configs_ceiling: Quartiles
     mbs_search: Quartiles
+    trials_run: Quartiles
 
     def reach_rate(self, level: float) -> float:
         return 1.0 - self.never[level] / self.runs if self.runs else 0.0
@@ -274,6 +241,7 @@ class MethodSummary:
             "oom_mean": self.oom_mean,
             f"configs_ceiling_at_{DIAGNOSIS_AT}": attrs.asdict(self.configs_ceiling),
             f"mbs_search_at_{DIAGNOSIS_AT}": attrs.asdict(self.mbs_search),
+            "trials_run": attrs.asdict(self.trials_run),
         }
 
 
@@ -291,6 +259,7 @@ def summarize(impl: str, method: str, scores: Sequence[RunScore]) -> MethodSumma
         oom_mean=float(np.mean(ooms)),
         configs_ceiling=Quartiles.of([s.configs_ceiling for s in scores]),
         mbs_search=Quartiles.of([s.mbs_search for s in scores]),
+        trials_run=Quartiles.of([s.num_trials for s in scores]),
     )
 
 
@@ -312,7 +281,8 @@ class Verdict:
         return "ours better" if better else "UPSTREAM BETTER"
 
 
-def verdicts(summaries: dict[tuple[str, str], MethodSummary]) -> list[Verdict]:
+def verdicts(summaries: Mapping[Entry, MethodSummary]) -> list[Verdict]:
+    """Ours against upstream, method by method, on every median."""
     out: list[Verdict] = []
     for method in METHODS:
         ours, up = summaries["ours", method], summaries["upstream", method]
@@ -331,13 +301,18 @@ def verdicts(summaries: dict[tuple[str, str], MethodSummary]) -> list[Verdict]:
 
 @attrs.frozen
 class Paired:
-    """Per (landscape, seed): how often ours beat, tied or lost to upstream."""
+    """Per (landscape, seed): how often entry ``a`` beat, tied or lost to entry ``b``."""
 
-    method: str
+    a: Entry
+    b: Entry
     measure: str
     better: int
     tie: int
     worse: int
+
+    @property
+    def method(self) -> str:
+        return self.a[1] if self.a[1] == self.b[1] else f"{self.a[1]} vs {self.b[0]} {self.b[1]}"
 
     @property
     def sign_test_p(self) -> float:
@@ -350,25 +325,32 @@ class Paired:
 
 ScoreKey = tuple[str, str, int, int]  # impl, method, landscape, seed
 
+MEASURES: list[tuple[str, Callable[[RunScore], float], bool]] = [
+    *((f"trials to {lv:.0%}", lambda s, lv=lv: s.trials_to[lv], True) for lv in REACH_LEVELS),
+    *((f"best/optimum after {k}", lambda s, k=k: s.best_after[k], False) for k in BEST_AFTER),
+    ("OOM trials", lambda s: s.oom, True),
+]
+"""Per-run measures: name, how to get it, whether smaller is better."""
 
-def paired(scores: dict[ScoreKey, RunScore], keys: Iterable[tuple[int, int]]) -> list[Paired]:
-    measures: list[tuple[str, Callable[[RunScore], float], bool]] = [
-        *((f"trials to {lv:.0%}", lambda s, lv=lv: s.trials_to[lv], True) for lv in REACH_LEVELS),
-        *((f"best/optimum after {k}", lambda s, k=k: s.best_after[k], False) for k in BEST_AFTER),
-        ("OOM trials", lambda s: s.oom, True),
-    ]
+
+def paired(
+    scores: dict[ScoreKey, RunScore],
+    keys: Iterable[tuple[int, int]],
+    comparisons: Sequence[tuple[Entry, Entry]] | None = None,
+) -> list[Paired]:
+    """Sign counts of ``a`` against ``b`` per (landscape, seed); by default ours against
+    upstream for every method both have."""
+    pairs = comparisons or [(("ours", m), ("upstream", m)) for m in METHODS]
     keys = list(keys)
     out: list[Paired] = []
-    for method in METHODS:
-        for name, get, smaller in measures:
-            diffs = [
-                get(scores["ours", method, ls, rs]) - get(scores["upstream", method, ls, rs])
-                for ls, rs in keys
-            ]
+    for a, b in pairs:
+        for name, get, smaller in MEASURES:
+            diffs = [get(scores[(*a, ls, rs)]) - get(scores[(*b, ls, rs)]) for ls, rs in keys]
             signed = [-d if smaller else d for d in diffs]
             out.append(
                 Paired(
-                    method,
+                    a,
+                    b,
                     name,
                     better=sum(d > 1e-12 for d in signed),
                     tie=sum(abs(d) <= 1e-12 for d in signed),

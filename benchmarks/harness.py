@@ -28,7 +28,7 @@ from determined_dsat.runners.engine import Completion, SearchEngine
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
 from determined_dsat.runners.session import build_method, build_space
 from determined_dsat.runners.synthetic import Landscape
-from determined_dsat.settings import METHOD_OPTIONS, Backend, SearchSettings
+from determined_dsat.settings import METHOD_OPTIONS, Backend, MethodOptions, SearchSettings
 from determined_dsat.space.ds_config import OVERWRITE_KEY, is_profiling_config, merge_overwrites
 from determined_dsat.space.experiment import load_experiment
 from determined_dsat.space.knobs import ZERO_KNOBS
@@ -151,8 +151,10 @@ def build_ours(
     max_concurrent_trials: int,
     seed: int,
     stages: tuple[int, ...] = ALL_STAGES,
+    options: MethodOptions | None = None,
 ) -> DSATSearchMethod:
-    """One of our search methods, with default options, set up as ``dsat`` would set it up."""
+    """One of our search methods, set up as ``dsat`` would set it up (every option at its
+    default unless ``options`` are given)."""
     experiment = load_experiment(model.config_path, model.path)
     settings = SearchSettings(
         method=name,
@@ -160,7 +162,7 @@ def build_ours(
         model_dir=model.path,
         backend=Backend.REPLAY,
         run_dir=model.path / "run",
-        method_options=METHOD_OPTIONS[name](),
+        method_options=options or METHOD_OPTIONS[name](),
         max_trials=max_trials,
         max_concurrent_trials=max_concurrent_trials,
         metric=Metric.parse(METRIC),

@@ -155,6 +155,12 @@ def _add_asha(p: argparse.ArgumentParser) -> None:
     _add_search_range_factor(p)
 
 
+def _add_model(p: argparse.ArgumentParser) -> None:
+    _opt(p, "--min-improvement", "stop once no trial is expected to improve the best result "
+         "by at least this fraction of it, per trial (0: never stop early)", type=float,
+         default=S.ModelOptions().min_improvement, metavar="FRACTION")  # fmt: skip
+
+
 # --- per-method options -----------------------------------------------------------------
 
 
@@ -198,6 +204,15 @@ def _asha_options(a: argparse.Namespace) -> MethodOptions:
     )  # fmt: skip
 
 
+def _model_options(a: argparse.Namespace) -> MethodOptions:
+    value = a.min_improvement
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ConfigError(
+            f"--min-improvement must be a fraction in [0, 1) (0.01 is 1 %), got {value}"
+        )
+    return S.ModelOptions(min_improvement=value)
+
+
 @attrs.frozen
 class MethodCli:
     """How one search method appears on the command line."""
@@ -216,6 +231,11 @@ METHODS: dict[str, MethodCli] = {
     ),
     "random": MethodCli(
         "random ZeRO configs, each with a short micro-batch lineage", _add_random, _random_options
+    ),
+    "model": MethodCli(
+        "model-based: memory and throughput surrogates, expected improvement per trial",
+        _add_model,
+        _model_options,
     ),
 }
 """Search methods by subcommand name; add an entry (and to ``settings.METHOD_OPTIONS``)."""

@@ -65,7 +65,16 @@ class AshaOptions:
     search_range_factor: float = 1.0
 
 
-MethodOptions = RandomOptions | BinaryOptions | AshaOptions
+@attrs.frozen
+class ModelOptions:
+    """``model``: stop once no trial is expected to improve the best result by at least
+    ``min_improvement`` (a fraction of it: 0.005 is 0.5 %, below the run-to-run noise of
+    a throughput measurement) per unit of trial cost; 0 never stops early."""
+
+    min_improvement: float = 0.005
+
+
+MethodOptions = RandomOptions | BinaryOptions | AshaOptions | ModelOptions
 
 
 @attrs.frozen
@@ -177,8 +186,11 @@ class SearchSettings:
         )
 
 
-METHOD_OPTIONS: dict[str, type[RandomOptions] | type[BinaryOptions] | type[AshaOptions]] = {
+METHOD_OPTIONS: dict[
+    str, type[RandomOptions] | type[BinaryOptions] | type[AshaOptions] | type[ModelOptions]
+] = {
     "random": RandomOptions,
     "binary": BinaryOptions,
     "asha": AshaOptions,
+    "model": ModelOptions,
 }

@@ -41,6 +41,7 @@ METHOD_FLAGS = {
         "--max-rungs", "--min-binary-search-trials", "--asha-early-stopping", "--divisor",
         "--search-range-factor",
     ],
+    "model": ["--min-improvement"],
 }  # fmt: skip
 
 

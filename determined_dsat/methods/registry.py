@@ -5,6 +5,7 @@ from __future__ import annotations
 from determined_dsat.methods.asha import AshaPolicy
 from determined_dsat.methods.base import SearchPolicy
 from determined_dsat.methods.binary import BinaryPolicy
+from determined_dsat.methods.model_based import ModelPolicy
 from determined_dsat.methods.random_search import RandomPolicy
 from determined_dsat.settings import MethodOptions
 from determined_dsat.space.config_space import ConfigSpace
@@ -13,6 +14,7 @@ POLICIES: dict[str, type[SearchPolicy]] = {
     BinaryPolicy.name: BinaryPolicy,
     RandomPolicy.name: RandomPolicy,
     AshaPolicy.name: AshaPolicy,
+    ModelPolicy.name: ModelPolicy,
 }
 
 

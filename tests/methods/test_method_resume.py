@@ -279,7 +279,12 @@ def test_state_right_after_profiling_resumes_into_same_first_batch(method: str) 
     assert resumed.tracker.profile == first.tracker.profile
     assert feed(resumed, events[k:]) == expected[k:]
     creates = [op for ops in expected[k:] if isinstance(ops, list) for op in ops]
-    assert sum(op[0] == "create" for op in creates) == settings.max_trials - 1
+    created = sum(op[0] == "create" for op in creates)
+    if resumed.policy.stop_reason(resumed.tracker) is None:
+        assert created == settings.max_trials - 1
+    else:  # the method stopped early on its own (``model``'s --min-improvement)
+        assert 2 <= created < settings.max_trials - 1
+        assert resumed.stop_message is not None and "budget" not in resumed.stop_message
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -1,0 +1,315 @@
+"""``model``: model-based search with a memory surrogate and a throughput surrogate.
+
+Every ZeRO block of the knob table, at micro-batches around its predicted memory limit,
+is a candidate. The memory surrogate (``surrogate/memory.py``) gives each the probability
+that it fits, the throughput surrogate (``surrogate/throughput.py``) a predictive
+distribution of its metric, and the next trials are those with the largest expected
+improvement per unit of cost (``surrogate/acquisition.py``), chosen one at a time with
+the earlier picks and the running trials treated as observed at their predicted means.
+The search stops early once the best candidate's value falls below
+``--min-improvement``.
+
+Rules on top of the models:
+
+- a configuration (ZeRO block and micro-batch) is never run twice;
+- one trial per ZeRO block at a time (a second one would be decided without the
+  first one's result); a block's trials form its lineage;
+- a crash or timeout of a block rules out that micro-batch and every larger one for it
+  (as for the bisection of the other methods: at large micro-batches they are mostly
+  memory trouble);
+- a candidate below :data:`MIN_FIT_PROBABILITY` is never proposed.
+
+Nothing here is random: the surrogates are refitted from the tracker's records, so a
+resumed search makes the same decisions from the same records.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+from numpy.typing import NDArray
+
+from determined_dsat.methods.base import Proposal, SearchPolicy
+from determined_dsat.methods.surrogate import candidates as cands
+from determined_dsat.methods.surrogate.acquisition import (
+    SAFE_FIT_PROBABILITY,
+    BatchScorer,
+    Plan,
+)
+from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, zero_key
+from determined_dsat.methods.surrogate.memory import MemoryObservation, MemorySurrogate
+from determined_dsat.methods.surrogate.throughput import (
+    ThroughputObservation,
+    ThroughputSurrogate,
+    log_metric,
+)
+from determined_dsat.settings import ModelOptions
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.space.memory import MemoryModel
+from determined_dsat.trials.records import Outcome, TrialKind, TrialRecord
+from determined_dsat.trials.tracker import Tracker
+
+Array = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+MIN_FIT_PROBABILITY = 0.02
+"""Candidates less likely than this to fit in memory are never proposed."""
+
+
+@attrs.frozen
+class _Fitted:
+    """Surrogates fitted to the finished search trials, and facts derived from them."""
+
+    memory: MemorySurrogate
+    throughput: ThroughputSurrogate
+    basis: MemoryBasis
+    memory_model: MemoryModel
+    trained: list[TrialRecord]
+    fail_from: dict[int, int]  # block -> smallest micro-batch that crashed or timed out
+    oom_ratio: float  # cost of an OOM trial relative to one that trained
+
+
+class ModelPolicy(SearchPolicy):
+    name = "model"
+    options: ModelOptions
+
+    def __init__(self, space: ConfigSpace, options: ModelOptions) -> None:
+        super().__init__(space, options)
+        self.table = BlockTable(space)
+        self.lineage_of: dict[str, str] = {}
+        self.counter = 0
+        self._fitted: tuple[int, _Fitted] | None = None
+        self._plan_of: tuple[tuple[int, int], Plan] | None = None
+        self._basis: tuple[MemoryModel, MemoryBasis] | None = None
+        self._block_of: dict[str, int | None] = {}  # request id -> block index
+
+    def planned_trials(self) -> str | None:
+        return (
+            f"model-based search over {len(self.table)} ZeRO blocks at micro-batches around "
+            f"their predicted memory limits; stops early once no trial is expected to improve "
+            f"the best result by {self.options.min_improvement:.2%} (--min-improvement)"
+        )
+
+    # ----- decisions -----
+    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+        proposals = []
+        for block, mbs in self._plan(view).take(capacity):
+            zero = self.table.blocks[block]
+            key = zero_key(zero)
+            lineage_id = self.lineage_of.get(key)
+            if lineage_id is None:
+                self.counter += 1
+                lineage_id = self.lineage_of[key] = f"L{self.counter}"
+            latest = view.latest_in_lineage(lineage_id)
+            parent = None if latest is None else latest.spec.request_id
+            proposals.append(
+                Proposal(zero=dict(zero), mbs=mbs, lineage_id=lineage_id, parent_id=parent)
+            )
+        return proposals
+
+    def stop_reason(self, view: Tracker) -> str | None:
+        threshold = self.options.min_improvement
+        if threshold <= 0.0:
+            return None
+        plan = self._plan(view)
+        best = plan.best_value
+        if plan.has_incumbent and best is not None and best < threshold:
+            return (
+                f"no trial is expected to improve the best result by {threshold:.2%} "
+                f"(best expected improvement {best:.3%}; --min-improvement)"
+            )
+        return None
+
+    def _plan(self, view: Tracker) -> Plan:
+        """The plan for the tracker's current state (trials created and finished)."""
+        key = (view.num_created, view.num_finished)
+        if self._plan_of is None or self._plan_of[0] != key:
+            self._plan_of = (key, self._make_plan(view))
+        return self._plan_of[1]
+
+    def _make_plan(self, view: Tracker) -> Plan:
+        empty = np.zeros(0, dtype=np.int64)
+        if view.profile is None:
+            return Plan(None, empty, empty, False)
+        fitted = self._fit(view)
+        search = [r for r in view.records() if r.spec.kind is TrialKind.SEARCH]
+        tried: set[tuple[int, int]] = set()
+        for r in search:
+            block = self._block(r)
+            if block is not None:
+                tried.add((block, r.spec.mbs))
+        running = [r for r in search if not r.finished]
+        busy = {b for b in (self._block(r) for r in running) if b is not None}
+        neighbours = [
+            pair
+            for r in search
+            if r.finished and (block := self._block(r)) is not None
+            for pair in cands.around(self.space.grid, block, r.spec.mbs, r.succeeded)
+        ]
+        cand_block, cand_mbs = cands.candidates(
+            self.table,
+            fitted.memory,
+            fitted.basis,
+            self.space.grid,
+            neighbours,
+            busy=busy,
+            tried=tried,
+            fail_from=fitted.fail_from,
+        )
+        if cand_block.size == 0:
+            return Plan(None, empty, empty, bool(fitted.trained))
+        basis, grid = fitted.basis, self.space.grid
+        stage = self.table.stage_of[cand_block]
+        fit = fitted.memory.fit_probability(
+            stage,
+            basis.states[cand_block],
+            np.asarray(basis.activation * cand_mbs, dtype=float),
+            basis.buckets[cand_block],
+        )
+        keep = fit >= MIN_FIT_PROBABILITY
+        cand_block, cand_mbs, fit = cand_block[keep], cand_mbs[keep], fit[keep]
+        if cand_block.size == 0:
+            return Plan(None, empty, empty, bool(fitted.trained))
+        cand_gas = cands.gas_of(grid, cand_mbs)
+        rows, cand_row = cands.feature_rows(self.table, cand_block, cand_gas)
+        cost = fit + (1.0 - fit) * fitted.oom_ratio
+        scorer = BatchScorer(
+            fitted.throughput,
+            rows,
+            cand_row,
+            cand_mbs.astype(float),
+            cand_gas.astype(float),
+            fit,
+            cost,
+            self._incumbent(fitted),
+        )
+        has_incumbent = scorer.incumbent is not None
+        risky_stages: set[int] = set()
+        for record in running:
+            if self._believe_running(scorer, fitted, record) < SAFE_FIT_PROBABILITY:
+                risky_stages.add(record.spec.stage)
+        return Plan(
+            scorer,
+            cand_block,
+            cand_mbs,
+            has_incumbent,
+            self.table.stage_of[cand_block],
+            risky_stages,
+        )
+
+    def _block(self, record: TrialRecord) -> int | None:
+        """The table index of a trial's ZeRO block (None for a block outside the table)."""
+        rid = record.spec.request_id
+        if rid not in self._block_of:
+            self._block_of[rid] = self.table.lookup(record.spec.zero)
+        return self._block_of[rid]
+
+    # ----- surrogates -----
+    def _fit(self, view: Tracker) -> _Fitted:
+        if self._fitted is not None and self._fitted[0] == view.num_finished:
+            return self._fitted[1]
+        assert view.profile is not None
+        memory_model = self._memory_model(view)
+        width = self.space.precision.bytes_per_param
+        if self._basis is None or self._basis[0] != memory_model:
+            self._basis = (memory_model, MemoryBasis.of(self.table, memory_model, width))
+        basis = self._basis[1]
+        finished = sorted(
+            (r for r in view.records() if r.spec.kind is TrialKind.SEARCH and r.finished),
+            key=lambda r: r.spec.seq,
+        )
+        memory_obs: list[MemoryObservation] = []
+        throughput_obs: list[ThroughputObservation] = []
+        trained: list[TrialRecord] = []
+        fail_from: dict[int, int] = {}
+        durations: dict[bool, list[float]] = {True: [], False: []}
+        for record in finished:
+            assert record.result is not None
+            outcome = record.result.outcome
+            spec = record.spec
+            if outcome in (Outcome.OK, Outcome.OOM):
+                states, buckets = basis.block_numbers(memory_model, spec.zero, width)
+                activation = basis.activation * spec.mbs
+                memory_obs.append(
+                    MemoryObservation(
+                        spec.stage, states, activation, buckets, outcome is Outcome.OK
+                    )
+                )
+                if record.result.duration_s is not None:
+                    durations[outcome is Outcome.OK].append(record.result.duration_s)
+            elif outcome.too_big:
+                block = self._block(record)
+                if block is not None:
+                    fail_from[block] = min(fail_from.get(block, spec.mbs), spec.mbs)
+            score = view.score(record)
+            y = None if score is None else log_metric(view.metric, score)
+            if y is not None:
+                row = self.table.row_of(spec.zero)
+                throughput_obs.append(ThroughputObservation(row, spec.mbs, spec.gas, y))
+                trained.append(record)
+        prior_mean, prior_sd = self.table.prior()
+        throughput = ThroughputSurrogate(
+            prior_mean, prior_sd, self.table.gas_column, throughput_obs, view.metric
+        )
+        ratio = 1.0
+        if durations[True] and durations[False]:
+            ok, oom = statistics.median(durations[True]), statistics.median(durations[False])
+            ratio = min(1.0, max(0.05, oom / ok)) if ok > 0 else 1.0
+        fitted = _Fitted(
+            MemorySurrogate(memory_obs), throughput, basis, memory_model, trained, fail_from, ratio
+        )
+        self._fitted = (view.num_finished, fitted)
+        return fitted
+
+    def _memory_model(self, view: Tracker) -> MemoryModel:
+        assert view.profile is not None
+        return self.space.memory_model(view.profile)
+
+    def _incumbent(self, fitted: _Fitted) -> float | None:
+        if not fitted.trained:
+            return None
+        surrogate = fitted.throughput
+        rows = np.array([self._row(r.spec.zero, r.spec.gas) for r in fitted.trained])
+        mbs = np.array([float(r.spec.mbs) for r in fitted.trained])
+        gas = np.array([float(r.spec.gas) for r in fitted.trained])
+        means, _ = surrogate.predict_rows(rows)
+        mixture = surrogate.weights @ (means + surrogate.curve(mbs, gas))
+        return float(np.max(mixture))
+
+    def _row(self, zero: Mapping[str, Any], gas: int) -> Array:
+        row = self.table.row_of(zero)
+        row[self.table.gas_column] = np.log(gas)
+        return row
+
+    def _believe_running(self, scorer: BatchScorer, fitted: _Fitted, record: TrialRecord) -> float:
+        """Condition the scorer on a running trial; returns its probability of fitting."""
+        spec = record.spec
+        basis = fitted.basis
+        width = self.space.precision.bytes_per_param
+        states, buckets = basis.block_numbers(fitted.memory_model, spec.zero, width)
+        fit = float(
+            fitted.memory.fit_probability(
+                np.array([spec.stage]),
+                np.array([states]),
+                np.array([basis.activation * spec.mbs]),
+                np.array([buckets]),
+            )[0]
+        )
+        scorer.believe_pending(
+            fitted.throughput, self._row(spec.zero, spec.gas), spec.mbs, spec.gas, fit
+        )
+        return fit
+
+    # ----- state -----
+    def state_dict(self) -> dict[str, Any]:
+        return {"lineage_of": dict(self.lineage_of), "counter": self.counter}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.lineage_of = {str(k): str(v) for k, v in state["lineage_of"].items()}
+        self.counter = int(state["counter"])
+        self._fitted = None
+        self._plan_of = None

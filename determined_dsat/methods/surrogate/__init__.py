@@ -1,0 +1,1 @@
+"""Surrogate models of the ``model`` search method: memory, throughput and acquisition."""

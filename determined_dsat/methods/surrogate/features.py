@@ -1,0 +1,240 @@
+"""What the surrogates see of a configuration: every ZeRO block of the space, and their features.
+
+A :class:`BlockTable` enumerates every ``zero_optimization`` block the knob table allows
+(stage by stage, knobs in table order) and holds, per block, the numbers both surrogates
+need: the model-state bytes of the memory model and the communication-bucket bytes
+(memory), and a feature row for the throughput model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+from numpy.typing import NDArray
+
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.space.knobs import offload_of
+from determined_dsat.space.memory import MemoryModel, Offload
+
+Array = NDArray[np.float64]
+
+BUCKET_DEFAULTS: dict[str, float] = {
+    "reduce_bucket_size": 500_000_000.0,
+    "stage3_prefetch_bucket_size": 50_000_000.0,
+}
+"""DeepSpeed 0.19.8's defaults (elements) for the buckets that stay allocated during a step."""
+
+STAGE_PRIOR: dict[int, float] = {0: 0.0, 1: -0.02, 2: -0.05, 3: -0.25}
+"""Prior mean of log throughput per ZeRO stage, relative to stage 0.
+
+Stages 1 and 2 move the same data per step as plain data parallelism (reduce-scatter plus
+all-gather instead of all-reduce; Rajbhandari et al., arXiv:1910.02054, section 7), so
+they cost a few percent at most; stage 3 also gathers every layer's weights in the
+forward and backward passes (1.5x the traffic), which typically costs tens of percent.
+"""
+
+
+def zero_key(zero: Mapping[str, Any]) -> str:
+    """A canonical string for a ZeRO block (the same as ``methods.lineage.zero_key``)."""
+    return json.dumps(zero, sort_keys=True)
+
+
+def overlap_comm(zero: Mapping[str, Any]) -> bool:
+    """Whether a block overlaps communication; DeepSpeed 0.19.8 turns it on at stage 3."""
+    if "overlap_comm" in zero:
+        return bool(zero["overlap_comm"])
+    return int(zero.get("stage", 0)) == 3
+
+
+def bucket_elements(zero: Mapping[str, Any]) -> float:
+    """Elements of the communication buffers a block keeps during a step.
+
+    The reduce bucket at stages 1-3 and, at stage 3, the prefetch bucket; both are
+    double-buffered when communication overlaps computation. Stage 0 has none.
+    """
+    stage = int(zero.get("stage", 0))
+    if stage == 0:
+        return 0.0
+    elements = float(zero.get("reduce_bucket_size", BUCKET_DEFAULTS["reduce_bucket_size"]))
+    if stage == 3:
+        prefetch = BUCKET_DEFAULTS["stage3_prefetch_bucket_size"]
+        elements += float(zero.get("stage3_prefetch_bucket_size", prefetch))
+    return elements * (2.0 if overlap_comm(zero) else 1.0)
+
+
+@attrs.frozen
+class KnobFeature:
+    """How one knob enters the throughput model.
+
+    ``kind`` is ``"log"`` (numeric: centred log10 value and its square, so the effect can
+    peak inside the range), ``"bool"`` (+-1/2) or ``"flag"`` (1 when the value is set,
+    e.g. an offload block). ``columns`` are the feature columns it owns.
+    """
+
+    name: str
+    kind: str
+    center: float = 0.0
+    scale: float = 1.0
+    columns: tuple[int, ...] = ()
+
+    def values(self, value: Any) -> tuple[float, ...]:
+        if self.kind == "log":
+            z = (math.log10(max(float(value), 1.0)) - self.center) / self.scale
+            return (z, z * z)
+        if self.kind == "bool":
+            return (0.5 if bool(value) else -0.5,)
+        return (0.0 if value is None else 1.0,)
+
+
+def _knob_feature(name: str, values: Sequence[Any], first_column: int) -> KnobFeature | None:
+    distinct = {json.dumps(v, sort_keys=True) for v in values}
+    if len(distinct) < 2:
+        return None
+    if all(isinstance(v, bool) for v in values):
+        return KnobFeature(name, "bool", columns=(first_column,))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        logs = [math.log10(max(float(v), 1.0)) for v in values]
+        center = (max(logs) + min(logs)) / 2.0
+        scale = max((max(logs) - min(logs)) / 2.0, 1e-6)
+        return KnobFeature(name, "log", center, scale, (first_column, first_column + 1))
+    return KnobFeature(name, "flag", columns=(first_column,))
+
+
+class BlockTable:
+    """Every ZeRO block of a space, with its memory numbers and throughput features.
+
+    Throughput columns: one intercept, one per stage, ``log(gas)``, then the knob
+    features (shared by every stage whose table has the knob).
+    """
+
+    def __init__(self, space: ConfigSpace) -> None:
+        self.stages = tuple(space.stages)
+        self.blocks: list[dict[str, Any]] = []
+        for stage in self.stages:
+            table = space.knob_table(stage)
+            names = list(table)
+            for values in itertools.product(*(table[k] for k in names)):
+                block: dict[str, Any] = {"stage": stage}
+                for name, value in zip(names, values):
+                    if value is not None:
+                        block[name] = dict(value) if isinstance(value, Mapping) else value
+                self.blocks.append(block)
+        self.index = {zero_key(b): i for i, b in enumerate(self.blocks)}
+        self.stage_of = np.array([b["stage"] for b in self.blocks], dtype=int)
+        self.bucket_elements = np.array([bucket_elements(b) for b in self.blocks])
+        self._offload = [offload_of(b) for b in self.blocks]
+        self.knobs = self._knob_features(space)
+        self.stage_column = {s: 1 + i for i, s in enumerate(self.stages)}
+        self.gas_column = 1 + len(self.stages)
+        self.num_columns = self.gas_column + 1 + sum(len(k.columns) for k in self.knobs)
+        self.block_rows = np.array([self._block_row(b) for b in self.blocks])
+
+    def _knob_features(self, space: ConfigSpace) -> list[KnobFeature]:
+        values: dict[str, list[Any]] = {}
+        for stage in self.stages:
+            for name, choices in space.knob_table(stage).items():
+                values.setdefault(name, []).extend(choices)
+        features: list[KnobFeature] = []
+        column = 2 + len(self.stages)
+        for name, seen in values.items():
+            feature = _knob_feature(name, seen, column)
+            if feature is not None:
+                features.append(feature)
+                column += len(feature.columns)
+        return features
+
+    def _block_row(self, block: Mapping[str, Any]) -> Array:
+        row = np.zeros(self.num_columns)
+        row[0] = 1.0
+        row[self.stage_column[int(block["stage"])]] = 1.0
+        for knob in self.knobs:
+            if knob.name in block or knob.kind == "flag":
+                for column, value in zip(knob.columns, knob.values(block.get(knob.name))):
+                    row[column] = value
+        return row
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def lookup(self, zero: Mapping[str, Any]) -> int | None:
+        """The index of a block, or None when it is not in the table."""
+        return self.index.get(zero_key(zero))
+
+    def row_of(self, zero: Mapping[str, Any]) -> Array:
+        """Throughput features (gas column 0) of any block, in the table or not."""
+        i = self.lookup(zero)
+        return self.block_rows[i].copy() if i is not None else self._block_row(zero)
+
+    def prior(self) -> tuple[Array, Array]:
+        """Prior mean and standard deviation of every throughput coefficient (log scale)."""
+        mean = np.zeros(self.num_columns)
+        sd = np.zeros(self.num_columns)
+        sd[0] = 3.0  # the intercept: set from the data's mean by the throughput model
+        for stage, column in self.stage_column.items():
+            mean[column] = STAGE_PRIOR.get(stage, 0.0)
+            sd[column] = 0.15
+        sd[self.gas_column] = 0.05
+        for knob in self.knobs:
+            if knob.kind == "log":
+                linear, square = knob.columns
+                sd[linear] = 0.04
+                mean[square], sd[square] = -0.01, 0.03
+            elif knob.kind == "bool":
+                sd[knob.columns[0]] = 0.05
+            elif "offload" in knob.name:
+                # Offloading moves the optimizer step (and maybe weights) over PCIe to the
+                # CPU: typically about half the speed (arXiv:2101.06840, figure 7).
+                mean[knob.columns[0]], sd[knob.columns[0]] = -0.6, 0.3
+            else:
+                sd[knob.columns[0]] = 0.1
+        return mean, sd
+
+
+@attrs.frozen
+class MemoryBasis:
+    """Per-block memory numbers from the memory model, in units of usable device bytes.
+
+    ``states[i]``: model-state bytes of block ``i``; ``activation``: bytes per sample;
+    ``buckets[i]``: bucket bytes (elements times the bytes of the training precision).
+    """
+
+    usable_bytes: float
+    states: Array
+    activation: float
+    buckets: Array
+
+    @classmethod
+    def of(cls, table: BlockTable, memory: MemoryModel, bytes_per_element: int) -> MemoryBasis:
+        usable = float(memory.usable_bytes)
+        states = np.array(
+            [
+                memory.model_state_bytes(
+                    int(b["stage"]), Offload(optimizer=o, param=p and int(b["stage"]) == 3)
+                )
+                for b, (o, p) in zip(table.blocks, table._offload)
+            ],
+            dtype=float,
+        )
+        activation = float(max(memory.profile.activation_mem_per_gpu, 1))
+        return cls(
+            usable_bytes=usable,
+            states=states / usable,
+            activation=activation / usable,
+            buckets=table.bucket_elements * bytes_per_element / usable,
+        )
+
+    def block_numbers(
+        self, memory: MemoryModel, zero: Mapping[str, Any], bytes_per_element: int
+    ) -> tuple[float, float]:
+        """(states, buckets) of any block, in units of usable bytes."""
+        stage = int(zero.get("stage", 0))
+        o, p = offload_of(zero)
+        states = memory.model_state_bytes(stage, Offload(optimizer=o, param=p and stage == 3))
+        buckets = bucket_elements(zero) * bytes_per_element
+        return states / self.usable_bytes, buckets / self.usable_bytes
