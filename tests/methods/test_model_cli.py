@@ -2,55 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
-import sys
-import types
 
 import pytest
-import yaml
+from cli_support import Launch
 
 from determined_dsat import cli
 from determined_dsat.settings import ModelOptions, SearchSettings
-from determined_dsat.space.experiment import Experiment
-
-
-class Launch:
-    """Stands in for ``determined_dsat.runners.launch``; records every ``run_search`` call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[SearchSettings, Experiment]] = []
-
-    def run_search(self, settings: SearchSettings, experiment: Experiment) -> int:
-        self.calls.append((settings, experiment))
-        return 0
-
-
-@pytest.fixture
-def launch(monkeypatch: pytest.MonkeyPatch) -> Launch:
-    fake = Launch()
-    module = types.ModuleType("determined_dsat.runners.launch")
-    module.run_search = fake.run_search  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "determined_dsat.runners.launch", module)
-    return fake
-
-
-@pytest.fixture
-def project(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DET_MASTER", raising=False)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "ds_config.json").write_text(json.dumps({"train_micro_batch_size_per_gpu": 2}))
-    config = {
-        "name": "demo",
-        "entrypoint": "python3 -m determined.launch.deepspeed python3 train.py",
-        "hyperparameters": {"deepspeed_config": "ds_config.json"},
-        "resources": {"slots_per_trial": 2},
-        "searcher": {"name": "single", "metric": "loss", "max_length": 10},
-    }
-    (model / "deepspeed.yaml").write_text(yaml.safe_dump(config))
-    return model
 
 
 def run(capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:
