@@ -40,7 +40,6 @@ import os
 import pathlib
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,12 @@ import attrs
 from determined_dsat.integration.local_context import METRICS_NAME, SHEET_NAME, TrialSheet
 from determined_dsat.runners.devices import Slots
 from determined_dsat.runners.entrypoint import parse_entrypoint
-from determined_dsat.runners.local import LocalExecutor, LocalTrialOptions
+from determined_dsat.runners.local import (
+    LocalExecutor,
+    LocalTrialOptions,
+    free_ports,
+    remove_shared_memory,
+)
 from determined_dsat.space.batch import MicroBatchGrid, configured_gas
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import METRIC_PATH, trial_length
@@ -120,19 +124,6 @@ def make_trial(opts: argparse.Namespace) -> Trial:
         length=trial_length(opts.end_profile_step),
         core=opts.core,
     )
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def prepare_dir(trial: Trial, trial_dir: pathlib.Path) -> pathlib.Path:
@@ -237,7 +228,7 @@ def run_floor(trial: Trial, work: pathlib.Path, name: str) -> tuple[float, float
     """(seconds, throughput): the bootstrap process alone, distributed env set by hand."""
     trial_dir = work / name
     sheet = prepare_dir(trial, trial_dir)
-    master, comm1, comm2 = _free_ports(3)
+    master, comm1, comm2 = free_ports(3)
     env = _base_env()
     env.update(
         RANK="0",
@@ -259,7 +250,7 @@ def run_floor(trial: Trial, work: pathlib.Path, name: str) -> tuple[float, float
     try:
         seconds = _run_process(command, env, trial_dir, trial.core, "floor")
     finally:
-        remove_port_shm(master)
+        remove_shared_memory(master)
     return seconds, _throughput(trial_dir, "floor")
 
 
@@ -291,12 +282,12 @@ def run_launcher(trial: Trial, work: pathlib.Path, name: str) -> tuple[float, fl
     """(seconds, throughput): the same process under DeepSpeed's launcher."""
     trial_dir = work / name
     sheet = prepare_dir(trial, trial_dir)
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     command = launcher_command(sheet, trial, port)
     try:
         seconds = _run_process(command, _base_env(), trial_dir, trial.core, "launcher")
     finally:
-        remove_port_shm(port)
+        remove_shared_memory(port)
     return seconds, _throughput(trial_dir, "launcher")
 
 
@@ -310,13 +301,6 @@ SHM_PATTERN = "deepspeed_allreduce_buffer_*_127.0.0.1_*"
 
 def shm_buffers() -> set[str]:
     return {p.name for p in SHM_DIR.glob(SHM_PATTERN)} if SHM_DIR.is_dir() else set()
-
-
-def remove_port_shm(port: int) -> None:
-    """Remove the buffers of a finished run that used ``port`` as MASTER_PORT."""
-    for path in SHM_DIR.glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"):
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def remove_leaked_shm(before: set[str]) -> int:

@@ -119,7 +119,7 @@ class LocalExecutor:
         )
         sheet.write(trial_dir / SHEET_NAME)
         self._launches += 1
-        ports = _free_ports(3)
+        ports = free_ports(3)
         procs: list[subprocess.Popen[bytes]] = []
         logs: list[pathlib.Path] = []
         for rank in range(n):
@@ -158,7 +158,7 @@ class LocalExecutor:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=KILL_GRACE_S)
             self._release(running)
-            _remove_shared_memory(running.port)
+            remove_shared_memory(running.port)
         self._running.clear()
         clear_stale_locks()
 
@@ -296,7 +296,7 @@ class LocalExecutor:
 
     def _finish(self, running: _Running) -> Completion:
         self._release(running)
-        _remove_shared_memory(running.port)
+        remove_shared_memory(running.port)
         clear_stale_locks()
         del self._running[running.request_id]
         ending = TrialEnding(
@@ -348,7 +348,7 @@ def _limit_child(cpu: int | None, memory_limit_mb: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _remove_shared_memory(port: int) -> None:
+def remove_shared_memory(port: int) -> None:
     """Delete the allreduce buffers DeepSpeed's CPU shared-memory comm op left for a trial.
 
     DeepSpeed 0.19.8 creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>``
@@ -382,7 +382,7 @@ def _kill_group(procs: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """``count`` distinct free TCP ports on localhost."""
     sockets = []
     try:
