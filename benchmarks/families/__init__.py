@@ -1,0 +1,1 @@
+"""Benchmark landscape families (``api.py``), each written independently of the search code."""
