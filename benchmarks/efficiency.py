@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from benchmarks.harness import ALL_STAGES, METHODS, OUR_TABLE, KnobTables, TrialLog
-from determined_dsat.runners.synthetic import Landscape
+from determined_dsat.testing.synthetic import Landscape
 
 IMPLEMENTATIONS = ("ours", "upstream", "deepspeed")
 OUR_METHODS = (*METHODS, "model")

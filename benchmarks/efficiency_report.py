@@ -27,7 +27,7 @@ from benchmarks.targets import Target
 
 FIRST_SEED = 42
 LANDSCAPE_NOTE = (
-    "Landscapes (`determined_dsat/runners/synthetic.py`): throughput rises with the "
+    "Landscapes (`determined_dsat/testing/synthetic.py`): throughput rises with the "
     "micro-batch and saturates, with a per-stage efficiency; each ZeRO knob DeepSpeed reads "
     "at the trial's stage scales it (numeric knobs smoothly in log10 of the value around a "
     "per-landscape peak, booleans by a per-landscape factor per setting), a knob a config "

@@ -2,7 +2,7 @@
 
 Every search, ours or upstream's, runs the same way: :class:`SearchEngine` plays the
 Determined master, and a :class:`RecordingExecutor` answers trials from a
-:class:`~determined_dsat.runners.synthetic.Landscape` through the replay backend's
+:class:`~determined_dsat.testing.synthetic.Landscape` through the replay backend's
 ``ReplayExecutor`` (simulated clock, 1 s per trial), logging each finished trial with its
 noise-free throughput. A :class:`TimedMethod` wrapper measures the time the search method
 itself spends on each event.
@@ -23,16 +23,19 @@ import attrs
 import yaml
 from determined import searcher
 
-from determined_dsat.methods.adapter import DSATSearchMethod
-from determined_dsat.runners.engine import Completion, SearchEngine
+from determined_dsat.build import build_method, build_space
+from determined_dsat.methods import registry
+from determined_dsat.methods.search_method import DSATSearchMethod
+from determined_dsat.runners.engine import SearchEngine
+from determined_dsat.runners.executor import Completion, TrialExecutor
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
-from determined_dsat.runners.session import build_method, build_space
-from determined_dsat.runners.synthetic import Landscape
-from determined_dsat.settings import METHOD_OPTIONS, Backend, MethodOptions, SearchSettings
+from determined_dsat.settings import Backend, SearchSettings
 from determined_dsat.space.ds_config import OVERWRITE_KEY, is_profiling_config, merge_overwrites
 from determined_dsat.space.experiment import load_experiment
 from determined_dsat.space.knobs import ZERO_KNOBS
 from determined_dsat.space.metric import Metric
+from determined_dsat.testing.synthetic import Landscape
+from determined_dsat.trials.records import TrialResult
 
 METHODS = ("binary", "random", "asha")
 ALL_STAGES = (1, 2, 3)
@@ -151,7 +154,7 @@ def build_ours(
     max_concurrent_trials: int,
     seed: int,
     stages: tuple[int, ...] = ALL_STAGES,
-    options: MethodOptions | None = None,
+    options: object | None = None,
 ) -> DSATSearchMethod:
     """One of our search methods, set up as ``dsat`` would set it up (every option at its
     default unless ``options`` are given)."""
@@ -162,7 +165,7 @@ def build_ours(
         model_dir=model.path,
         backend=Backend.REPLAY,
         run_dir=model.path / "run",
-        method_options=options or METHOD_OPTIONS[name](),
+        method_options=options or registry.get(name).options(),
         max_trials=max_trials,
         max_concurrent_trials=max_concurrent_trials,
         metric=Metric.parse(METRIC),
@@ -223,7 +226,7 @@ class _Launched:
     zero: Mapping[str, Any] | None
 
 
-class RecordingExecutor:
+class RecordingExecutor(TrialExecutor):
     """A replay executor over a landscape that logs every finished trial."""
 
     def __init__(self, landscape: Landscape) -> None:
@@ -320,11 +323,11 @@ class TimedMethod(searcher.SearchMethod):
     def progress(self, state: searcher.SearcherState) -> float:
         return float(self._timed(self.inner.progress, state, event=False))
 
-    def __getattr__(self, name: str) -> Any:
-        # note_outcome / note_duration, where the inner method has them.
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    def note_outcome(self, request_id: str, result: TrialResult) -> None:
+        """Forwarded to the inner method where it takes notes (ours do; upstream's not)."""
+        note = getattr(self.inner, "note_outcome", None)
+        if note is not None:
+            self._timed(note, request_id, result, event=False)
 
 
 @attrs.frozen

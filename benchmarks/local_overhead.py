@@ -64,6 +64,7 @@ from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import METRIC_PATH, trial_length
 from determined_dsat.space.experiment import Experiment, load_experiment
 from determined_dsat.trials.records import Outcome, TrialKind, TrialSpec
+from determined_dsat.trials.specs import hparams_of
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "examples" / "core_api"
@@ -120,7 +121,7 @@ def make_trial(opts: argparse.Namespace) -> Trial:
     )
     return Trial(
         experiment=experiment,
-        hparams=space.hparams(spec),
+        hparams=hparams_of(space, spec),
         length=trial_length(opts.end_profile_step),
         core=opts.core,
     )

@@ -31,8 +31,8 @@ from benchmarks.harness import (
     write_model_dir,
 )
 from benchmarks.upstream import upstream_table
-from determined_dsat import settings
-from determined_dsat.runners.synthetic import Landscape
+from determined_dsat.methods.model_based import ModelOptions
+from determined_dsat.testing.synthetic import Landscape
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -41,7 +41,7 @@ def run(
     threshold: float, landscape: Landscape, optimum: float, opts: argparse.Namespace
 ) -> dict[str, float]:
     """One ``model`` search; its trials to 95 % / 99 %, OOMs, trials run and best fraction."""
-    options = settings.ModelOptions(min_improvement=threshold)
+    options = ModelOptions(min_improvement=threshold)
     with tempfile.TemporaryDirectory(prefix="dsat-sweep-") as tmp:
         model = write_model_dir(pathlib.Path(tmp), landscape.slots)
         search = build_ours(
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             landscapes.append((landscape, optimum))
         seed += 1
     rows = []
-    default = settings.ModelOptions().min_improvement
+    default = ModelOptions().min_improvement
     for threshold in opts.thresholds:
         results = [run(threshold, ls, opt, opts) for ls, opt in landscapes]
         col = {k: np.array([r[k] for r in results], dtype=float) for k in results[0]}

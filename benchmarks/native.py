@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import BASE_DS_CONFIG, KnobTables, TrialLog
-from determined_dsat.runners.synthetic import Landscape, hash_config
+from determined_dsat.testing.synthetic import Landscape, hash_config
 
 TUNERS = {"grid": "gridsearch", "random": "random", "model_based": "model_based"}
 """Our names for DeepSpeed's tuner types (``autotuning.tuner_type``)."""

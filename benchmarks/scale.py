@@ -39,7 +39,7 @@ from benchmarks.harness import (
     write_model_dir,
 )
 from benchmarks.upstream import build_upstream
-from determined_dsat.runners.synthetic import Landscape
+from determined_dsat.testing.synthetic import Landscape
 
 IMPLEMENTATIONS = ("ours", "upstream")
 BUILDERS: dict[str, Callable[..., searcher.SearchMethod]] = {

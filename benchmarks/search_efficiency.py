@@ -67,7 +67,7 @@ from benchmarks.harness import (
 )
 from benchmarks.targets import MODEL, model_targets
 from benchmarks.upstream import build_upstream, upstream_table
-from determined_dsat.runners.synthetic import Landscape
+from determined_dsat.testing.synthetic import Landscape
 
 BUILDERS: dict[str, Callable[..., Any]] = {"ours": build_ours, "upstream": build_upstream}
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results"

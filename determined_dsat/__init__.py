@@ -15,11 +15,11 @@ from determined_dsat.integration.hparams import (
     get_random_zero_optim_config,
 )
 from determined_dsat.integration.reporting import dsat_reporting_context
-from determined_dsat.methods.adapter import DSATSearchMethod
 from determined_dsat.methods.asha import AshaPolicy
 from determined_dsat.methods.base import Proposal, SearchPolicy
 from determined_dsat.methods.binary import BinaryPolicy
 from determined_dsat.methods.random_search import RandomPolicy
+from determined_dsat.methods.search_method import DSATSearchMethod
 from determined_dsat.space.batch import get_batch_config_from_mbs_gas_and_slots
 from determined_dsat.space.metric import Metric, smaller_is_better
 from determined_dsat.trials.records import Outcome

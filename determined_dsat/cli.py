@@ -17,22 +17,16 @@ from collections.abc import Sequence
 
 import attrs
 
-from determined_dsat.cli_parser import (
-    METHODS,
-    PROG,
-    RUNS_DIR,
-    STATE_FILE,
-    MethodCli,
-    _check_minimums,
-    build_parser,
-)
+from determined_dsat.cli_parser import PROG, RUNS_DIR, _check_minimums, build_parser
 from determined_dsat.errors import ConfigError, DsatError
+from determined_dsat.methods import registry
 from determined_dsat.settings import Backend, OffloadTarget, SearchSettings
 from determined_dsat.space.batch import MicroBatchGrid, configured_gas
 from determined_dsat.space.experiment import Experiment, load_experiment
 from determined_dsat.space.metric import Metric
+from determined_dsat.store import layout
 
-__all__ = ["METHODS", "MethodCli", "build_parser", "main", "parse_settings"]
+__all__ = ["build_parser", "main", "parse_settings"]
 
 # --- validation -------------------------------------------------------------------------
 
@@ -95,15 +89,17 @@ def _run_dir(a: argparse.Namespace) -> tuple[pathlib.Path, bool]:
         if a.run_dir is not None:
             raise ConfigError("--resume and --run-dir cannot be used together")
         run_dir = _abs(a.resume)
-        if not (run_dir / STATE_FILE).is_file():
-            raise ConfigError(f"--resume: {a.resume} holds no {STATE_FILE}; nothing to resume")
+        if not (run_dir / layout.STATE_FILE).is_file():
+            raise ConfigError(
+                f"--resume: {a.resume} holds no {layout.STATE_FILE}; nothing to resume"
+            )
         return run_dir, True
     if a.run_dir is None:
         return _default_run_dir(a.method), False
     run_dir = _abs(a.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir: {a.run_dir} exists and is not a directory")
-    if (run_dir / STATE_FILE).exists():
+    if (run_dir / layout.STATE_FILE).exists():
         raise ConfigError(
             f"--run-dir: {a.run_dir} already holds a search; "
             f"use --resume {a.run_dir} to continue it"
@@ -161,7 +157,7 @@ def _settings(argv: Sequence[str]) -> tuple[SearchSettings, str]:
         raise ConfigError(
             f"--trial-timeout must be a positive number of seconds, got {a.trial_timeout}"
         )
-    options = METHODS[a.method].options(a)
+    options = registry.get(a.method).read_options(a)
     config_path = _abs(a.config_path)
     if not config_path.is_file():
         what = "is not a file" if config_path.exists() else "not found"
@@ -229,7 +225,7 @@ def _check_against_experiment(settings: SearchSettings, experiment: Experiment) 
 def _saved_settings(requested: SearchSettings) -> SearchSettings:
     """On ``--resume``, the settings the search started with (flags given now are ignored,
     so a resumed search makes the same decisions)."""
-    path = requested.run_dir / "settings.json"
+    path = requested.run_dir / layout.SETTINGS_FILE
     try:
         saved = json.loads(path.read_text())
         settings = SearchSettings.from_json(saved)

@@ -1,22 +1,22 @@
-"""The ``dsat`` argument parser: every flag, its default and help, per search method."""
+"""The ``dsat`` argument parser: every shared flag, its default and help; each search
+method adds its own (``methods/registry.py``)."""
 
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
-from typing import Any, NoReturn
-
-import attrs
+from typing import NoReturn
 
 from determined_dsat import settings as S
 from determined_dsat.errors import ConfigError
-from determined_dsat.settings import Backend, MethodOptions, OffloadTarget
+from determined_dsat.methods import registry
+from determined_dsat.methods.spec import add_option as _opt
+from determined_dsat.settings import Backend, OffloadTarget
 from determined_dsat.space.metric import Metric
+from determined_dsat.store.layout import STATE_FILE
 
 PROG = "dsat"
 RUNS_DIR = "dsat-runs"
-STATE_FILE = "state.json"
+
 DESCRIPTION = (
     "DeepSpeed Autotune: search the ZeRO stage and micro-batch size (and the DeepSpeed "
     "settings that go with them) that make your DeepSpeed training fastest. Trials run on a "
@@ -42,10 +42,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # --- argument definitions ---------------------------------------------------------------
-
-
-def _opt(p: argparse.ArgumentParser, names: str, help: str, **kwargs: Any) -> None:
-    p.add_argument(*names.split(), help=help, **kwargs)
 
 
 def _add_paths(p: argparse.ArgumentParser) -> None:
@@ -131,47 +127,16 @@ def _add_runner(p: argparse.ArgumentParser) -> None:
          metavar="MIB")  # fmt: skip
 
 
-def _add_search_range_factor(p: argparse.ArgumentParser) -> None:
-    _opt(p, "--search-range-factor", "scale the initial micro-batch search range by this factor",
-         type=float, default=1.0)  # fmt: skip
-
-
-def _add_random(p: argparse.ArgumentParser) -> None:
-    _opt(p, "--trials-per-random-config", "maximum number of trials per random config",
-         type=int, default=S.RandomOptions().trials_per_random_config)  # fmt: skip
-    _opt(p, "--early-stopping", "stop when the last N trials found no new best (default: "
-         "never)", type=int, metavar="N")  # fmt: skip
-
-
-def _add_asha(p: argparse.ArgumentParser) -> None:
-    d = S.AshaOptions()
-    _opt(p, "--max-rungs", "maximum number of ASHA rungs", type=int, default=d.max_rungs)
-    _opt(p, "--min-binary-search-trials", "minimum binary-search trials per random config",
-         type=int, default=d.min_binary_search_trials)  # fmt: skip
-    _opt(p, "--asha-early-stopping", "ASHA early-stopping rate (s in arXiv:1810.05934)",
-         type=int, default=d.asha_early_stopping)  # fmt: skip
-    _opt(p, "--divisor", "ASHA reduction factor (eta in arXiv:1810.05934)", type=int,
-         default=d.divisor)  # fmt: skip
-    _add_search_range_factor(p)
-
-
-def _add_model(p: argparse.ArgumentParser) -> None:
-    _opt(p, "--min-improvement", "stop once no trial is expected to improve the best result "
-         "by at least this fraction of it, per trial (0: never stop early)", type=float,
-         default=S.ModelOptions().min_improvement, metavar="FRACTION")  # fmt: skip
-
-
 # --- per-method options -----------------------------------------------------------------
 
 
 _MINIMUM = {
     "max_trials": 2, "max_concurrent_trials": 1, "max_slots": 1, "train_batch_size": 1,
     "divisible_by": 1, "max_search_runner_restarts": 0, "start_profile_step": 1,
-    "trials_per_random_config": 1, "early_stopping": 1, "max_rungs": 1,
-    "min_binary_search_trials": 1, "asha_early_stopping": 0, "divisor": 2,
     "trial_memory_limit": 1, "confirm_top": 0,
 }  # fmt: skip
-"""The least value of each integer flag (by dest) that has one; ``None`` means not given."""
+"""The least value of each shared integer flag (by dest) that has one; ``None`` means not
+given. Each method checks its own flags (``read_options`` of its ``MethodSpec``)."""
 
 
 def _check_minimums(a: argparse.Namespace) -> None:
@@ -183,69 +148,12 @@ def _check_minimums(a: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} must be at least {least}{why}, got {value}")
 
 
-def _range_factor(value: float) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"--search-range-factor must be a positive number, got {value}")
-    return value
-
-
-def _random_options(a: argparse.Namespace) -> MethodOptions:
-    return S.RandomOptions(a.trials_per_random_config, a.early_stopping)
-
-
-def _binary_options(a: argparse.Namespace) -> MethodOptions:
-    return S.BinaryOptions(_range_factor(a.search_range_factor))
-
-
-def _asha_options(a: argparse.Namespace) -> MethodOptions:
-    return S.AshaOptions(
-        a.max_rungs, a.min_binary_search_trials, a.asha_early_stopping, a.divisor,
-        _range_factor(a.search_range_factor),
-    )  # fmt: skip
-
-
-def _model_options(a: argparse.Namespace) -> MethodOptions:
-    value = a.min_improvement
-    if not math.isfinite(value) or not 0.0 <= value < 1.0:
-        raise ConfigError(
-            f"--min-improvement must be a fraction in [0, 1) (0.01 is 1 %), got {value}"
-        )
-    return S.ModelOptions(min_improvement=value)
-
-
-@attrs.frozen
-class MethodCli:
-    """How one search method appears on the command line."""
-
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    options: Callable[[argparse.Namespace], MethodOptions]
-
-
-METHODS: dict[str, MethodCli] = {
-    "asha": MethodCli("ASHA over random configs (arXiv:1810.05934)", _add_asha, _asha_options),
-    "binary": MethodCli(
-        "bisection on micro-batch size for random ZeRO configs",
-        _add_search_range_factor,
-        _binary_options,
-    ),
-    "random": MethodCli(
-        "random ZeRO configs, each with a short micro-batch lineage", _add_random, _random_options
-    ),
-    "model": MethodCli(
-        "model-based: memory and throughput surrogates, expected improvement per trial",
-        _add_model,
-        _model_options,
-    ),
-}
-"""Search methods by subcommand name; add an entry (and to ``settings.METHOD_OPTIONS``)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The ``dsat`` parser: one subcommand per search method, each with every flag."""
+    """The ``dsat`` parser: one subcommand per registered search method, each with every
+    shared flag and the method's own."""
     parser = _Parser(prog=PROG, description=DESCRIPTION)
     subparsers = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
-    for name, method in METHODS.items():
+    for name, method in registry.methods().items():
         sub = subparsers.add_parser(
             name,
             help=method.help,

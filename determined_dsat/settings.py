@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import pathlib
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,48 +42,11 @@ class OffloadTarget(enum.Enum):
 
 
 @attrs.frozen
-class RandomOptions:
-    """``random``: trials per random config and early stopping (trials without a new best)."""
-
-    trials_per_random_config: int = 5
-    early_stopping: int | None = None
-
-
-@attrs.frozen
-class BinaryOptions:
-    """``binary``: ``search_range_factor`` scales the memory model's micro-batch ceiling."""
-
-    search_range_factor: float = 1.0
-
-
-@attrs.frozen
-class AshaOptions:
-    """``asha`` (arXiv:1810.05934): ``divisor`` is eta, ``asha_early_stopping`` is s."""
-
-    max_rungs: int = 5
-    min_binary_search_trials: int = 3
-    asha_early_stopping: int = 0
-    divisor: int = 2
-    search_range_factor: float = 1.0
-
-
-@attrs.frozen
-class ModelOptions:
-    """``model``: stop once no trial is expected to improve the best result by at least
-    ``min_improvement`` (a fraction of it: 0.005 is 0.5 %, below the run-to-run noise of
-    a throughput measurement) per unit of trial cost; 0 never stops early."""
-
-    min_improvement: float = 0.005
-
-
-MethodOptions = RandomOptions | BinaryOptions | AshaOptions | ModelOptions
-
-
-@attrs.frozen
 class SearchSettings:
     """Everything a search needs from the command line, validated.
 
-    Paths are absolute. ``method_options`` holds the options of ``method`` only.
+    Paths are absolute. ``method_options`` holds the options of ``method`` only (the
+    ``options`` class of its ``MethodSpec`` in ``methods/registry.py``).
     ``max_trials`` counts the profiling trial, as upstream.
     """
 
@@ -90,7 +55,7 @@ class SearchSettings:
     model_dir: pathlib.Path
     backend: Backend
     run_dir: pathlib.Path
-    method_options: MethodOptions
+    method_options: Any  # an instance of the method's options class (its MethodSpec)
     include: tuple[pathlib.Path, ...] = ()
     max_trials: int = DEFAULT_MAX_TRIALS
     max_concurrent_trials: int = DEFAULT_MAX_CONCURRENT_TRIALS
@@ -116,81 +81,63 @@ class SearchSettings:
     confirm_top: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        """JSON form, used to ship settings to an on-cluster runner (never pickle)."""
-        return {
-            "method": self.method,
-            "config_path": str(self.config_path),
-            "model_dir": str(self.model_dir),
-            "backend": self.backend.value,
-            "run_dir": str(self.run_dir),
-            "method_options": attrs.asdict(self.method_options),
-            "include": [str(p) for p in self.include],
-            "max_trials": self.max_trials,
-            "max_concurrent_trials": self.max_concurrent_trials,
-            "max_slots": self.max_slots,
-            "metric": self.metric.value,
-            "run_full_experiment": self.run_full_experiment,
-            "zero_stages": list(self.zero_stages),
-            "start_profile_step": self.start_profile_step,
-            "end_profile_step": self.end_profile_step,
-            "random_seed": self.random_seed,
-            "search_runner_config": (
-                None if self.search_runner_config is None else str(self.search_runner_config)
-            ),
-            "max_search_runner_restarts": self.max_search_runner_restarts,
-            "replay_source": self.replay_source,
-            "train_batch_size": self.train_batch_size,
-            "divisible_by": self.divisible_by,
-            "offload": sorted(t.value for t in self.offload),
-            "resume": self.resume,
-            "trial_timeout_s": self.trial_timeout_s,
-            "trial_memory_limit": self.trial_memory_limit,
-            "mbs_tolerance": self.mbs_tolerance,
-            "baseline": self.baseline,
-            "confirm_top": self.confirm_top,
-        }
+        """JSON form, used to save settings and ship them to an on-cluster runner (never
+        pickle): every field, paths and enums as strings, collections as lists."""
+        return {f.name: _encode(getattr(self, f.name)) for f in attrs.fields(SearchSettings)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> SearchSettings:
-        options_cls = METHOD_OPTIONS[d["method"]]
-        src = d.get("search_runner_config")
-        return cls(
-            method=d["method"],
-            config_path=pathlib.Path(d["config_path"]),
-            model_dir=pathlib.Path(d["model_dir"]),
-            backend=Backend(d["backend"]),
-            run_dir=pathlib.Path(d["run_dir"]),
-            method_options=options_cls(**d.get("method_options", {})),
-            include=tuple(pathlib.Path(p) for p in d.get("include", [])),
-            max_trials=int(d["max_trials"]),
-            max_concurrent_trials=int(d["max_concurrent_trials"]),
-            max_slots=d.get("max_slots"),
-            metric=Metric.parse(d["metric"]),
-            run_full_experiment=bool(d.get("run_full_experiment", False)),
-            zero_stages=tuple(int(s) for s in d["zero_stages"]),
-            start_profile_step=int(d["start_profile_step"]),
-            end_profile_step=int(d["end_profile_step"]),
-            random_seed=int(d["random_seed"]),
-            search_runner_config=None if src is None else pathlib.Path(src),
-            max_search_runner_restarts=int(d.get("max_search_runner_restarts", 5)),
-            replay_source=d.get("replay_source"),
-            train_batch_size=d.get("train_batch_size"),
-            divisible_by=int(d.get("divisible_by", 1)),
-            offload=frozenset(OffloadTarget(t) for t in d.get("offload", [])),
-            resume=bool(d.get("resume", False)),
-            trial_timeout_s=float(d.get("trial_timeout_s", DEFAULT_TRIAL_TIMEOUT_S)),
-            trial_memory_limit=d.get("trial_memory_limit"),
-            mbs_tolerance=float(d.get("mbs_tolerance", DEFAULT_MBS_TOLERANCE)),
-            baseline=bool(d.get("baseline", False)),
-            confirm_top=int(d.get("confirm_top", 0)),
-        )
+        """Settings from :meth:`to_json`; fields it lacks take their defaults.
+
+        Raises ``KeyError`` for a missing required field and ``ValueError`` for an unknown
+        method or a value of the wrong kind."""
+        from determined_dsat.methods import registry
+
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            if field.name not in d:
+                if field.default is attrs.NOTHING:
+                    raise KeyError(field.name)
+                continue
+            raw = d[field.name]
+            if field.name == "method_options":
+                values[field.name] = registry.get(str(d["method"])).options_from_json(raw)
+            else:
+                values[field.name] = _decode(hints[field.name], raw)
+        return cls(**values)
 
 
-METHOD_OPTIONS: dict[
-    str, type[RandomOptions] | type[BinaryOptions] | type[AshaOptions] | type[ModelOptions]
-] = {
-    "random": RandomOptions,
-    "binary": BinaryOptions,
-    "asha": AshaOptions,
-    "model": ModelOptions,
-}
+def _encode(value: Any) -> Any:
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, frozenset):
+        return sorted(_encode(v) for v in value)
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    if attrs.has(type(value)):
+        return attrs.asdict(value)
+    return value
+
+
+def _decode(hint: Any, raw: Any) -> Any:
+    """``raw`` (JSON) as the type ``hint`` of a settings field."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if raw is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _decode(inner, raw)
+    if origin is tuple:
+        return tuple(_decode(args[0], v) for v in raw)
+    if origin is frozenset:
+        return frozenset(_decode(args[0], v) for v in raw)
+    if hint is bool:
+        return bool(raw)
+    if hint in (int, float, str) or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
+        return hint(raw)
+    if hint is pathlib.Path:
+        return pathlib.Path(raw)
+    raise ValueError(f"no JSON decoding for settings of type {hint!r}")

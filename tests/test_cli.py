@@ -16,14 +16,11 @@ from cli_support import Launch
 
 from determined_dsat import cli
 from determined_dsat.errors import ConfigError, SearchError
-from determined_dsat.settings import (
-    AshaOptions,
-    Backend,
-    BinaryOptions,
-    OffloadTarget,
-    RandomOptions,
-    SearchSettings,
-)
+from determined_dsat.methods import registry
+from determined_dsat.methods.asha import AshaOptions
+from determined_dsat.methods.binary import BinaryOptions
+from determined_dsat.methods.random_search import RandomOptions
+from determined_dsat.settings import Backend, OffloadTarget, SearchSettings
 from determined_dsat.space.metric import Metric
 
 COMMON_FLAGS = [
@@ -441,7 +438,7 @@ def test_help_via_build_parser(capsys: pytest.CaptureFixture[str]) -> None:
     assert "DeepSpeed Autotune" in text
     for method in METHOD_FLAGS:
         assert method in text
-    assert set(cli.METHODS) == set(METHOD_FLAGS)
+    assert set(registry.methods()) == set(METHOD_FLAGS)
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["asha", "-h"])
     assert info.value.code == 0

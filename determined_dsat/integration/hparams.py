@@ -7,13 +7,9 @@ names what is wrong and where (a file path, a hyperparameter key or a CLI flag).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import pathlib
-import stat
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +18,7 @@ import numpy as np
 import yaml
 
 from determined_dsat.errors import ConfigError
+from determined_dsat.jsonio import write_json_atomic
 from determined_dsat.space.ds_config import CONFIG_KEY, OVERWRITE_KEY, merge_overwrites
 from determined_dsat.space.knobs import ZERO_KNOBS, knobs_for_stage, sample_zero_config
 
@@ -231,36 +228,12 @@ def _deepspeed_path(args: Sequence[str]) -> pathlib.Path:
 
 
 def _write_json_atomically(path: pathlib.Path, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data`` as JSON so that readers see the old or the new file.
-
-    The text goes to a temp file in the same directory, with a name unique to this
-    call (``mkstemp``, plus our pid for readability), is flushed to disk and then
-    renamed over ``path`` with ``os.replace``. The file keeps its permission bits. A
-    symlink at ``path`` is replaced by a regular file; its target is left alone.
-    """
-    text = json.dumps(data, indent=2) + "\n"
-    tmp_name: str | None = None
+    """Replace ``path`` with ``data`` as JSON so that readers see the old or the new file;
+    it keeps its permission bits."""
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=f".{os.getpid()}.tmp", dir=path.parent
-        )
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        with contextlib.suppress(OSError):
-            os.chmod(tmp_name, stat.S_IMODE(path.stat().st_mode))
-        os.replace(tmp_name, path)
+        write_json_atomic(path, dict(data), keep_mode=True)
     except OSError as exc:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
         raise ConfigError(f"{path}: cannot rewrite the ds_config: {exc.strerror or exc}") from None
-    except BaseException:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-        raise
 
 
 def _canonical(data: Mapping[str, Any]) -> str:

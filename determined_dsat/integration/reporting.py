@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from determined_dsat.space.ds_config import METRIC_PATH, MODEL_INFO_PATH
-
-OUTCOME_KEY = "dsat_outcome"
+from determined_dsat.trials.records import OUTCOME_KEY
 
 
 def _is_oom(exc: BaseException) -> bool:

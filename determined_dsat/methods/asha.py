@@ -11,10 +11,12 @@ one, and otherwise starts a new random configuration at rung 0.
 
 from __future__ import annotations
 
+import argparse
 import bisect as _bisect
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import numpy as np
 
 from determined_dsat.methods.base import Proposal, SearchPolicy
@@ -24,12 +26,29 @@ from determined_dsat.methods.lineage import (
     remaining_bounds,
     start_lineage,
 )
-from determined_dsat.settings import AshaOptions
+from determined_dsat.methods.spec import (
+    MethodSpec,
+    add_option,
+    add_search_range_factor,
+    at_least,
+    range_factor,
+)
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import TrialRecord
-from determined_dsat.trials.tracker import Tracker
+from determined_dsat.trials.view import TrackerView
 
 _NO_SCORE = float("-inf")
+
+
+@attrs.frozen
+class AshaOptions:
+    """``asha`` (arXiv:1810.05934): ``divisor`` is eta, ``asha_early_stopping`` is s."""
+
+    max_rungs: int = 5
+    min_binary_search_trials: int = 3
+    asha_early_stopping: int = 0
+    divisor: int = 2
+    search_range_factor: float = 1.0
 
 
 class AshaPolicy(SearchPolicy):
@@ -58,7 +77,7 @@ class AshaPolicy(SearchPolicy):
             f"ASHA rungs give a lineage {budgets} trials in total (divisor {self.options.divisor})"
         )
 
-    def observe(self, view: Tracker, record: TrialRecord) -> None:
+    def observe(self, view: TrackerView, record: TrialRecord) -> None:
         lid = record.spec.lineage_id
         if lid is None or lid not in self.rung_of:
             return
@@ -72,7 +91,7 @@ class AshaPolicy(SearchPolicy):
             self.book.close(lid)
         self._mark_completed(view, lid)
 
-    def _mark_completed(self, view: Tracker, lid: str) -> None:
+    def _mark_completed(self, view: TrackerView, lid: str) -> None:
         rung = self.rung_of[lid]
         done = lid in self.ended or view.lineage_size(lid) >= self.budget(rung)
         if not done or rung >= self.options.max_rungs:
@@ -86,7 +105,7 @@ class AshaPolicy(SearchPolicy):
         scores = [s for r, s in per_rung.items() if int(r) <= rung]
         return max(scores, default=_NO_SCORE)
 
-    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+    def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
         proposals: list[Proposal] = []
         idle = sorted(self.book.idle_open(view), key=lambda lid: -self.rung_of[lid])
         for lid in idle:
@@ -113,7 +132,7 @@ class AshaPolicy(SearchPolicy):
             proposals.append(fresh)
         return proposals
 
-    def _step(self, view: Tracker, lid: str, rung: int) -> Proposal | None:
+    def _step(self, view: TrackerView, lid: str, rung: int) -> Proposal | None:
         latest = view.latest_in_lineage(lid)
         step = None if latest is None else bisection_step(latest, self.space, rung=rung)
         if step is None:
@@ -121,7 +140,7 @@ class AshaPolicy(SearchPolicy):
             self.book.close(lid)
         return step
 
-    def _promote(self, view: Tracker) -> Proposal | None:
+    def _promote(self, view: TrackerView) -> Proposal | None:
         for rung in reversed(range(self.options.max_rungs - 1)):
             entries = self.completed[rung]
             top = len(entries) // self.options.divisor
@@ -157,6 +176,39 @@ class AshaPolicy(SearchPolicy):
         self._completion_counter = int(state["completion_counter"])
 
 
-def _latest_id(view: Tracker, lid: str) -> str:
+def _latest_id(view: TrackerView, lid: str) -> str:
     latest = view.latest_in_lineage(lid)
     return "" if latest is None else latest.spec.request_id
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    d = AshaOptions()
+    add_option(p, "--max-rungs", "maximum number of ASHA rungs", type=int, default=d.max_rungs)
+    add_option(p, "--min-binary-search-trials", "minimum binary-search trials per random "
+               "config", type=int, default=d.min_binary_search_trials)  # fmt: skip
+    add_option(p, "--asha-early-stopping", "ASHA early-stopping rate (s in arXiv:1810.05934)",
+               type=int, default=d.asha_early_stopping)  # fmt: skip
+    add_option(p, "--divisor", "ASHA reduction factor (eta in arXiv:1810.05934)", type=int,
+               default=d.divisor)  # fmt: skip
+    add_search_range_factor(p)
+
+
+def _read_options(a: argparse.Namespace) -> AshaOptions:
+    at_least("--max-rungs", a.max_rungs, 1)
+    at_least("--min-binary-search-trials", a.min_binary_search_trials, 1)
+    at_least("--asha-early-stopping", a.asha_early_stopping, 0)
+    at_least("--divisor", a.divisor, 2)
+    return AshaOptions(
+        a.max_rungs, a.min_binary_search_trials, a.asha_early_stopping, a.divisor,
+        range_factor(a.search_range_factor),
+    )  # fmt: skip
+
+
+METHOD = MethodSpec(
+    name=AshaPolicy.name,
+    help="ASHA over random configs (arXiv:1810.05934)",
+    options=AshaOptions,
+    policy=AshaPolicy,
+    add_arguments=_add_arguments,
+    read_options=_read_options,
+)

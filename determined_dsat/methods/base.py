@@ -1,8 +1,8 @@
 """What a search method is: a pure policy that proposes trials from what it has seen.
 
-Policies never do I/O, read clocks or touch global random state. They get a
-read-only tracker and an injected ``numpy.random.Generator``; their own state is a
-JSON-able dict, so a resumed search makes the same decisions.
+Policies never do I/O, read clocks or touch global random state. They get a read-only
+view of the trials (``TrackerView``) and an injected ``numpy.random.Generator``; their own
+state is a JSON-able dict, so a resumed search makes the same decisions.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
-from determined_dsat.settings import MethodOptions
+from determined_dsat.space.batch import SearchBounds
 from determined_dsat.space.config_space import ConfigSpace
-from determined_dsat.trials.records import SearchBounds, TrialRecord
-from determined_dsat.trials.tracker import Tracker
+from determined_dsat.trials.records import TrialRecord
+from determined_dsat.trials.view import TrackerView
 
 
 @attrs.frozen
@@ -41,19 +41,19 @@ class SearchPolicy(abc.ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, space: ConfigSpace, options: MethodOptions) -> None:
+    def __init__(self, space: ConfigSpace, options: Any) -> None:
         self.space = space
         self.options = options
 
     @abc.abstractmethod
-    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+    def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
         """Up to ``capacity`` trials to start now. An empty list with nothing running ends the
         search. ``view`` must not be modified."""
 
-    def observe(self, view: Tracker, record: TrialRecord) -> None:  # noqa: B027
+    def observe(self, view: TrackerView, record: TrialRecord) -> None:  # noqa: B027
         """Called once per finished search trial, before the next :meth:`propose`."""
 
-    def stop_reason(self, view: Tracker) -> str | None:
+    def stop_reason(self, view: TrackerView) -> str | None:
         """A plain-language reason to stop launching trials (e.g. early stopping), or None."""
         return None
 

@@ -6,9 +6,11 @@ random configuration takes its place until the trial budget is spent.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import numpy as np
 
 from determined_dsat.methods.base import Proposal, SearchPolicy
@@ -18,9 +20,16 @@ from determined_dsat.methods.lineage import (
     continue_then_start,
     start_lineage,
 )
-from determined_dsat.settings import BinaryOptions
+from determined_dsat.methods.spec import MethodSpec, add_search_range_factor, range_factor
 from determined_dsat.space.config_space import ConfigSpace
-from determined_dsat.trials.tracker import Tracker
+from determined_dsat.trials.view import TrackerView
+
+
+@attrs.frozen
+class BinaryOptions:
+    """``binary``: ``search_range_factor`` scales the memory model's micro-batch ceiling."""
+
+    search_range_factor: float = 1.0
 
 
 class BinaryPolicy(SearchPolicy):
@@ -31,7 +40,7 @@ class BinaryPolicy(SearchPolicy):
         super().__init__(space, options)
         self.book = LineageBook()
 
-    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+    def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
         def next_step(lineage_id: str) -> Proposal | None:
             latest = view.latest_in_lineage(lineage_id)
             return None if latest is None else bisection_step(latest, self.space)
@@ -50,3 +59,17 @@ class BinaryPolicy(SearchPolicy):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.book.load_state_dict(state["book"])
+
+
+def _read_options(a: argparse.Namespace) -> BinaryOptions:
+    return BinaryOptions(range_factor(a.search_range_factor))
+
+
+METHOD = MethodSpec(
+    name=BinaryPolicy.name,
+    help="bisection on micro-batch size for random ZeRO configs",
+    options=BinaryOptions,
+    policy=BinaryPolicy,
+    add_arguments=add_search_range_factor,
+    read_options=_read_options,
+)

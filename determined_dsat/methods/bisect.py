@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import math
 
-from determined_dsat.space.batch import MicroBatchGrid
-from determined_dsat.trials.records import SearchBounds
+from determined_dsat.space.batch import MicroBatchGrid, SearchBounds
 
 WIDENING_TOLERANCE = 0.5
 """Above the memory estimate, a failed probe ends the search once the gap is this small."""

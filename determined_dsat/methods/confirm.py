@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from determined_dsat.trials.records import TrialKind, TrialRecord
-from determined_dsat.trials.tracker import Tracker
+from determined_dsat.trials.view import TrackerView
 
 
 def confirmation_budget(max_trials: int, requested: int, baseline: bool) -> int:
@@ -27,7 +27,7 @@ def confirmation_budget(max_trials: int, requested: int, baseline: bool) -> int:
     return max(0, min(requested, left // 4))
 
 
-def top_configs(view: Tracker, k: int) -> list[TrialRecord]:
+def top_configs(view: TrackerView, k: int) -> list[TrialRecord]:
     """The ``k`` best successful search trials, best first (configs never repeat)."""
     scored = []
     for record in view.records():
@@ -49,7 +49,7 @@ class Confirmed:
     score: float
 
 
-def confirm(view: Tracker, targets: list[str]) -> Confirmed | None:
+def confirm(view: TrackerView, targets: list[str]) -> Confirmed | None:
     """The target (search trial id) whose measurements have the best median score."""
     best: Confirmed | None = None
     for request_id in targets:
@@ -63,12 +63,12 @@ def confirm(view: Tracker, targets: list[str]) -> Confirmed | None:
     return best
 
 
-def _score_or_worst(view: Tracker, record: TrialRecord) -> float:
+def _score_or_worst(view: TrackerView, record: TrialRecord) -> float:
     score = view.score(record)
     return float("-inf") if score is None else score
 
 
-def _median_metrics(view: Tracker, runs: list[TrialRecord], median: float) -> dict[str, Any]:
+def _median_metrics(view: TrackerView, runs: list[TrialRecord], median: float) -> dict[str, Any]:
     """The metrics of the run closest to the median score, with how they were confirmed."""
     ok = [r for r in runs if view.score(r) is not None]
     closest = min(ok, key=lambda r: abs(_score_or_worst(view, r) - median)) if ok else runs[0]

@@ -14,9 +14,10 @@ import numpy as np
 
 from determined_dsat.methods import bisect
 from determined_dsat.methods.base import Proposal
+from determined_dsat.space.batch import SearchBounds
 from determined_dsat.space.config_space import ConfigSpace
-from determined_dsat.trials.records import SearchBounds, TrialRecord
-from determined_dsat.trials.tracker import Tracker
+from determined_dsat.trials.records import TrialRecord
+from determined_dsat.trials.view import TrackerView
 
 _SAMPLE_TRIES = 64
 
@@ -41,7 +42,7 @@ class LineageBook:
         if lineage_id in self.open:
             self.open.remove(lineage_id)
 
-    def idle_open(self, view: Tracker) -> list[str]:
+    def idle_open(self, view: TrackerView) -> list[str]:
         """Open lineages whose latest trial has finished."""
         idle = []
         for lid in self.open:
@@ -76,7 +77,7 @@ class LineageBook:
 
 def continue_then_start(
     book: LineageBook,
-    view: Tracker,
+    view: TrackerView,
     capacity: int,
     next_step: Callable[[str], Proposal | None],
     new_lineage: Callable[[], Proposal | None],
@@ -133,7 +134,7 @@ def bisection_step(
 def start_lineage(
     book: LineageBook,
     space: ConfigSpace,
-    view: Tracker,
+    view: TrackerView,
     zero: Mapping[str, Any],
     range_factor: float,
     bounds: SearchBounds | None = None,

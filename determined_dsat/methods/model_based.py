@@ -25,6 +25,8 @@ resumed search makes the same decisions from the same records.
 
 from __future__ import annotations
 
+import argparse
+import math
 import statistics
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +35,9 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from determined_dsat.errors import ConfigError
 from determined_dsat.methods.base import Proposal, SearchPolicy
+from determined_dsat.methods.spec import MethodSpec, add_option
 from determined_dsat.methods.surrogate import candidates as cands
 from determined_dsat.methods.surrogate.acquisition import (
     SAFE_FIT_PROBABILITY,
@@ -47,11 +51,10 @@ from determined_dsat.methods.surrogate.throughput import (
     ThroughputSurrogate,
     log_metric,
 )
-from determined_dsat.settings import ModelOptions
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.memory import MemoryModel
 from determined_dsat.trials.records import Outcome, TrialKind, TrialRecord
-from determined_dsat.trials.tracker import Tracker
+from determined_dsat.trials.view import TrackerView
 
 Array = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -71,6 +74,15 @@ class _Fitted:
     trained: list[TrialRecord]
     fail_from: dict[int, int]  # block -> smallest micro-batch that crashed or timed out
     oom_ratio: float  # cost of an OOM trial relative to one that trained
+
+
+@attrs.frozen
+class ModelOptions:
+    """``model``: stop once no trial is expected to improve the best result by at least
+    ``min_improvement`` (a fraction of it: 0.005 is 0.5 %, below the run-to-run noise of
+    a throughput measurement) per unit of trial cost; 0 never stops early."""
+
+    min_improvement: float = 0.005
 
 
 class ModelPolicy(SearchPolicy):
@@ -95,7 +107,7 @@ class ModelPolicy(SearchPolicy):
         )
 
     # ----- decisions -----
-    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+    def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
         proposals = []
         for block, mbs in self._plan(view).take(capacity):
             zero = self.table.blocks[block]
@@ -111,7 +123,7 @@ class ModelPolicy(SearchPolicy):
             )
         return proposals
 
-    def stop_reason(self, view: Tracker) -> str | None:
+    def stop_reason(self, view: TrackerView) -> str | None:
         threshold = self.options.min_improvement
         if threshold <= 0.0:
             return None
@@ -124,14 +136,14 @@ class ModelPolicy(SearchPolicy):
             )
         return None
 
-    def _plan(self, view: Tracker) -> Plan:
+    def _plan(self, view: TrackerView) -> Plan:
         """The plan for the tracker's current state (trials created and finished)."""
         key = (view.num_created, view.num_finished)
         if self._plan_of is None or self._plan_of[0] != key:
             self._plan_of = (key, self._make_plan(view))
         return self._plan_of[1]
 
-    def _make_plan(self, view: Tracker) -> Plan:
+    def _make_plan(self, view: TrackerView) -> Plan:
         empty = np.zeros(0, dtype=np.int64)
         if view.profile is None:
             return Plan(None, empty, empty, False)
@@ -209,7 +221,7 @@ class ModelPolicy(SearchPolicy):
         return self._block_of[rid]
 
     # ----- surrogates -----
-    def _fit(self, view: Tracker) -> _Fitted:
+    def _fit(self, view: TrackerView) -> _Fitted:
         if self._fitted is not None and self._fitted[0] == view.num_finished:
             return self._fitted[1]
         assert view.profile is not None
@@ -265,7 +277,7 @@ class ModelPolicy(SearchPolicy):
         self._fitted = (view.num_finished, fitted)
         return fitted
 
-    def _memory_model(self, view: Tracker) -> MemoryModel:
+    def _memory_model(self, view: TrackerView) -> MemoryModel:
         assert view.profile is not None
         return self.space.memory_model(view.profile)
 
@@ -313,3 +325,29 @@ class ModelPolicy(SearchPolicy):
         self.counter = int(state["counter"])
         self._fitted = None
         self._plan_of = None
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    add_option(p, "--min-improvement", "stop once no trial is expected to improve the best "
+               "result by at least this fraction of it, per trial (0: never stop early)",
+               type=float, default=ModelOptions().min_improvement,
+               metavar="FRACTION")  # fmt: skip
+
+
+def _read_options(a: argparse.Namespace) -> ModelOptions:
+    value = a.min_improvement
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ConfigError(
+            f"--min-improvement must be a fraction in [0, 1) (0.01 is 1 %), got {value}"
+        )
+    return ModelOptions(min_improvement=value)
+
+
+METHOD = MethodSpec(
+    name=ModelPolicy.name,
+    help="model-based: memory and throughput surrogates, expected improvement per trial",
+    options=ModelOptions,
+    policy=ModelPolicy,
+    add_arguments=_add_arguments,
+    read_options=_read_options,
+)

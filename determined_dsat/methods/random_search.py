@@ -12,9 +12,11 @@ coverage than the midpoint, still focused). Domain knowledge cuts lineages short
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import numpy as np
 
 from determined_dsat.methods.base import Proposal, SearchPolicy
@@ -24,12 +26,21 @@ from determined_dsat.methods.lineage import (
     remaining_bounds,
     start_lineage,
 )
-from determined_dsat.settings import RandomOptions
+from determined_dsat.methods.spec import MethodSpec, add_option, at_least
+from determined_dsat.space.batch import SearchBounds
 from determined_dsat.space.config_space import ConfigSpace
-from determined_dsat.trials.records import SearchBounds, TrialRecord
-from determined_dsat.trials.tracker import Tracker
+from determined_dsat.trials.records import TrialRecord
+from determined_dsat.trials.view import TrackerView
 
 _LOWER_STAGES = frozenset({1, 2})
+
+
+@attrs.frozen
+class RandomOptions:
+    """``random``: trials per random config and early stopping (trials without a new best)."""
+
+    trials_per_random_config: int = 5
+    early_stopping: int | None = None
 
 
 class RandomPolicy(SearchPolicy):
@@ -40,7 +51,7 @@ class RandomPolicy(SearchPolicy):
         super().__init__(space, options)
         self.book = LineageBook()
 
-    def propose(self, view: Tracker, capacity: int, rng: np.random.Generator) -> list[Proposal]:
+    def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
         return continue_then_start(
             self.book,
             view,
@@ -49,14 +60,14 @@ class RandomPolicy(SearchPolicy):
             lambda: self._new_lineage(view, rng),
         )
 
-    def stop_reason(self, view: Tracker) -> str | None:
+    def stop_reason(self, view: TrackerView) -> str | None:
         patience = self.options.early_stopping
         if patience is not None and view.best() is not None and view.trials_since_best >= patience:
             return f"no new best in the last {patience} trials (--early-stopping {patience})"
         return None
 
     def _continue(
-        self, view: Tracker, lineage_id: str, rng: np.random.Generator
+        self, view: TrackerView, lineage_id: str, rng: np.random.Generator
     ) -> Proposal | None:
         latest = view.latest_in_lineage(lineage_id)
         if latest is None or self._lineage_done(view, lineage_id, latest):
@@ -72,7 +83,7 @@ class RandomPolicy(SearchPolicy):
             bounds=bounds,
         )
 
-    def _lineage_done(self, view: Tracker, lineage_id: str, latest: TrialRecord) -> bool:
+    def _lineage_done(self, view: TrackerView, lineage_id: str, latest: TrialRecord) -> bool:
         spec = latest.spec
         if view.lineage_size(lineage_id) >= self.options.trials_per_random_config:
             return True
@@ -87,7 +98,7 @@ class RandomPolicy(SearchPolicy):
         best_elsewhere = view.max_successful_mbs(spec.stage)
         return had_failure and best_elsewhere is not None and best_elsewhere >= bounds.hi
 
-    def _new_lineage(self, view: Tracker, rng: np.random.Generator) -> Proposal | None:
+    def _new_lineage(self, view: TrackerView, rng: np.random.Generator) -> Proposal | None:
         stages = self.space.stages
         preferred = sorted(_LOWER_STAGES & view.successful_stages() & set(stages))
         zero = self.book.sample_zero(self.space, preferred or stages, rng)
@@ -104,7 +115,7 @@ class RandomPolicy(SearchPolicy):
             bounds=proposal.bounds,
         )
 
-    def _warm_bounds(self, view: Tracker, stage: int) -> SearchBounds | None:
+    def _warm_bounds(self, view: TrackerView, stage: int) -> SearchBounds | None:
         """Start above the stage's best micro-batch once one is known: larger tends to be faster."""
         best = view.best_for_stage(stage)
         if best is None or best.spec.bounds is None:
@@ -130,3 +141,26 @@ class RandomPolicy(SearchPolicy):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.book.load_state_dict(state["book"])
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    add_option(p, "--trials-per-random-config", "maximum number of trials per random config",
+               type=int, default=RandomOptions().trials_per_random_config)  # fmt: skip
+    add_option(p, "--early-stopping", "stop when the last N trials found no new best (default: "
+               "never)", type=int, metavar="N")  # fmt: skip
+
+
+def _read_options(a: argparse.Namespace) -> RandomOptions:
+    at_least("--trials-per-random-config", a.trials_per_random_config, 1)
+    at_least("--early-stopping", a.early_stopping, 1)
+    return RandomOptions(a.trials_per_random_config, a.early_stopping)
+
+
+METHOD = MethodSpec(
+    name=RandomPolicy.name,
+    help="random ZeRO configs, each with a short micro-batch lineage",
+    options=RandomOptions,
+    policy=RandomPolicy,
+    add_arguments=_add_arguments,
+    read_options=_read_options,
+)

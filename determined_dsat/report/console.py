@@ -1,69 +1,109 @@
-"""What the user sees: a progress line while searching and a summary table at the end."""
+"""What the user sees while a search runs: a progress bar (tqdm) and how configurations
+and metrics are written."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-import pathlib
 import sys
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 from determined_dsat.space.metric import Metric
-from determined_dsat.trials.records import Outcome, TrialKind, TrialRecord
+from determined_dsat.trials.records import TrialRecord
+
+_BAR_FORMAT = (
+    "{l_bar}{bar}| {n_fmt}/{total_fmt} trials [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+)
 
 
 class ProgressBar:
-    """Trial progress on one line.
+    """Trial progress: tqdm's bar, count, elapsed time, ETA and rate, with the running
+    trials and the best result so far as its postfix.
 
-    On a terminal the line is redrawn in place with ``\\r``; elsewhere (CI, log files)
-    a plain line is printed each time the number of finished trials changes. Write
-    errors (e.g. a closed stream) are swallowed: progress is never worth a crash.
+    On a terminal tqdm redraws the line in place; elsewhere (CI, log files) a plain line
+    is printed each time the number of finished trials changes. Write errors (a closed
+    stream) are swallowed: progress is never worth a crash.
     """
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr, width: int = 24) -> None:
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
         self.total = max(0, total)
         self.stream = stream
-        self.width = max(1, width)
         self._tty = _isatty(stream)
+        self._start = time.monotonic()
+        self._initial: int | None = None
         self._last_done: int | None = None
-        self._drawn_len = 0
+        self._bar: Any = None
 
-    def render(self, done: int, running: int, best: str | None) -> str:
+    def render(
+        self, done: int, running: int, best: str | None, time_left_s: float | None = None
+    ) -> str:
         """The progress line without any ``\\r`` or newline."""
-        frac = min(1.0, done / self.total) if self.total else 0.0
-        filled = int(self.width * frac)
-        bar = "#" * filled + "." * (self.width - filled)
-        count = f"{done:>{len(str(self.total))}}/{self.total}"
-        line = f"[{bar}] {count} trials, {running} running"
-        if best:
-            line += f" | best {best}"
+        initial = done if self._initial is None else self._initial
+        line: str = tqdm.format_meter(
+            n=done,
+            total=self.total,
+            elapsed=time.monotonic() - self._start,
+            ncols=None,
+            ascii=True,
+            unit="trial",
+            postfix=_postfix(running, best, time_left_s),
+            bar_format=_BAR_FORMAT,
+            initial=initial,
+        )
         return line
 
-    def update(self, done: int, running: int, best: str | None) -> None:
-        line = self.render(done, running, best)
-        if self._tty:
-            pad = " " * max(0, self._drawn_len - len(line))
-            if self._write("\r" + line + pad):
-                self._drawn_len = len(line)
-            self._last_done = done
-        elif done != self._last_done:
-            self._write(line + "\n")
-            self._last_done = done
+    def update(
+        self, done: int, running: int, best: str | None, time_left_s: float | None = None
+    ) -> None:
+        """Show ``done`` of ``total`` trials finished, ``running`` running, the best so far
+        and, with a time budget, the seconds left."""
+        if self._initial is None:
+            self._initial = done
+        try:
+            if self._tty:
+                self._draw(done, running, best, time_left_s)
+            elif done != self._last_done:
+                self.stream.write(self.render(done, running, best, time_left_s) + "\n")
+                self.stream.flush()
+        except (ValueError, OSError):
+            return
+        self._last_done = done
+
+    def _draw(self, done: int, running: int, best: str | None, left: float | None) -> None:
+        if self._bar is None:
+            self._bar = tqdm(
+                total=self.total,
+                initial=done,
+                file=self.stream,
+                unit="trial",
+                ascii=True,
+                bar_format=_BAR_FORMAT,
+                dynamic_ncols=True,
+                mininterval=0,
+            )
+        self._bar.n = done
+        self._bar.set_postfix_str(_postfix(running, best, left), refresh=False)
+        self._bar.refresh()
 
     def close(self) -> None:
         """End the redrawn line on a terminal (no-op otherwise or when nothing was drawn)."""
-        if self._tty and self._drawn_len:
-            self._write("\n")
-        self._drawn_len = 0
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            with contextlib.suppress(ValueError, OSError):
+                bar.close()
 
-    def _write(self, text: str) -> bool:
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (ValueError, OSError):
-            return False
-        return True
+
+def _postfix(running: int, best: str | None, time_left_s: float | None) -> str:
+    parts = [f"{running} running"]
+    if time_left_s is not None:
+        parts.append(f"{tqdm.format_interval(max(0.0, time_left_s))} left")
+    if best:
+        parts.append(f"best {best}")
+    return ", ".join(parts)
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -146,145 +186,15 @@ def describe_trial(record: TrialRecord) -> str:
 
 def best_label(record: TrialRecord, metric: Metric) -> str | None:
     """``1234.5 samples/s (z2 mbs=16 gas=1)``, for ``ProgressBar.update``'s ``best``."""
-    value = _raw_value(record, metric)
+    value = metric_value(record, metric)
     if value is None:
         return None
     spec = record.spec
     return f"{format_metric(metric, value)} (z{spec.stage} mbs={spec.mbs} gas={spec.gas})"
 
 
-# -- picking the best ------------------------------------------------------------------
-
-
-def _raw_value(record: TrialRecord, metric: Metric) -> float | None:
+def metric_value(record: TrialRecord, metric: Metric) -> float | None:
+    """The raw metric value of a trial that reported it, or None."""
     if record.result is None or metric.score_of(record.result.metrics) is None:
         return None
     return float(record.result.metrics[metric.value])
-
-
-def _ranked(records: Iterable[TrialRecord], metric: Metric) -> list[tuple[float, TrialRecord]]:
-    out = []
-    for r in records:
-        if r.spec.kind is not TrialKind.SEARCH or r.result is None or not r.succeeded:
-            continue
-        score = metric.score_of(r.result.metrics)
-        if score is not None:
-            out.append((score, r))
-    return out
-
-
-def _key(item: tuple[float, TrialRecord]) -> tuple[float, float]:
-    # Best score first; among equal scores the trial that finished first.
-    score, record = item
-    seq = record.finished_seq
-    return (score, -(math.inf if seq is None else seq))
-
-
-def best_record(records: Iterable[TrialRecord], metric: Metric) -> TrialRecord | None:
-    """The successful search trial with the best metric, or None."""
-    ranked = _ranked(records, metric)
-    return max(ranked, key=_key)[1] if ranked else None
-
-
-def best_by_stage(records: Iterable[TrialRecord], metric: Metric) -> dict[int, TrialRecord]:
-    """The best successful search trial of each ZeRO stage that has one."""
-    best: dict[int, tuple[float, TrialRecord]] = {}
-    for item in _ranked(records, metric):
-        stage = item[1].spec.stage
-        if stage not in best or _key(item) > _key(best[stage]):
-            best[stage] = item
-    return {stage: item[1] for stage, item in sorted(best.items())}
-
-
-# -- summary ---------------------------------------------------------------------------
-
-
-def _outcome_counts(records: Iterable[TrialRecord]) -> str:
-    counts: Counter[str] = Counter()
-    for r in records:
-        counts["running" if r.result is None else r.result.outcome.value] += 1
-    order = [o.value for o in Outcome] + ["running"]
-    return ", ".join(f"{counts[k]} {k}" for k in order if counts[k])
-
-
-def _table(rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def render_summary(
-    records: Sequence[TrialRecord],
-    metric: Metric,
-    best_config_path: pathlib.Path | None,
-    best_metrics_path: pathlib.Path | None,
-) -> str:
-    """A plain-text end-of-search report: counts, best per ZeRO stage, overall best, files."""
-    search = [r for r in records if r.spec.kind is TrialKind.SEARCH]
-    profile = [r for r in records if r.spec.kind is TrialKind.PROFILE]
-    direction = "smaller" if metric.smaller_is_better else "larger"
-    lines = [f"DeepSpeed autotuning summary (metric: {metric.value}, {direction} is better)"]
-    counts = f"Search trials: {len(search)}"
-    if search:
-        counts += f" ({_outcome_counts(search)})"
-    if profile:
-        counts += f"; profile trials: {len(profile)} ({_outcome_counts(profile)})"
-    lines.append(counts)
-
-    overall = best_record(records, metric)
-    per_stage = best_by_stage(records, metric)
-    stages = sorted({r.spec.stage for r in search})
-    if stages:
-        rows: list[list[str]] = [["", "stage", "mbs", "gas", metric.value, "trial", "oom", "error"]]
-        for stage in stages:
-            at_stage = [r for r in search if r.spec.stage == stage and r.result is not None]
-            ooms = sum(1 for r in at_stage if r.result and r.result.outcome is Outcome.OOM)
-            errors = sum(
-                1
-                for r in at_stage
-                if r.result and r.result.outcome in (Outcome.ERROR, Outcome.TIMEOUT)
-            )
-            best = per_stage.get(stage)
-            value = None if best is None else _raw_value(best, metric)
-            if best is None or value is None:
-                cells = ["-", "-", "no successful trial", "-"]
-            else:
-                cells = [
-                    str(best.spec.mbs),
-                    str(best.spec.gas),
-                    format_metric(metric, value),
-                    _trial_no(best),
-                ]
-            mark = "*" if best is not None and best is overall else ""
-            rows.append([mark, f"z{stage}", *cells, str(ooms), str(errors)])
-        lines.append("")
-        lines.extend(_table(rows, right={2, 3, 5, 6, 7}))
-        note = "error counts crashes and timeouts"
-        lines.append(f"({note}; * marks the overall best)" if overall else f"({note})")
-
-    lines.append("")
-    overall_value = None if overall is None else _raw_value(overall, metric)
-    if overall is None or overall_value is None:
-        lines.append("No configuration succeeded; no best ds_config was written.")
-    else:
-        lines.append(
-            f"Best: {describe_trial(overall)}: {format_metric(metric, overall_value)} "
-            f"(trial {_trial_no(overall)})"
-        )
-        for label, path in (
-            ("best_ds_config.json", best_config_path),
-            ("best_ds_metrics.json", best_metrics_path),
-        ):
-            shown = path if path is not None else "(not written)"
-            lines.append(f"  {label + ':':<22}{shown}")
-    return "\n".join(lines) + "\n"
-
-
-def _trial_no(record: TrialRecord) -> str:
-    return "-" if record.finished_seq is None else f"#{record.finished_seq}"

@@ -8,13 +8,9 @@ import base64
 import html
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from determined_dsat.report.report import KINDS, OUTCOMES, speedup
+from determined_dsat.report.run import KINDS, OUTCOMES, Measured, Run, Trial, speedup
 from determined_dsat.trials.records import TrialKind
-
-if TYPE_CHECKING:
-    from determined_dsat.report.report import Measured, Run, Trial
 
 CAPTIONS = {
     "metric_vs_mbs.png": "The metric of every trial by micro-batch size, one panel per ZeRO "

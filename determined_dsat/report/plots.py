@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
+from determined_dsat.report.run import Run, Trial
 from determined_dsat.space.metric import Metric
 from determined_dsat.trials.records import TrialKind
-
-if TYPE_CHECKING:
-    from determined_dsat.report.report import Run, Trial
 
 STAGE_COLOURS = {0: "#4c72b0", 1: "#dd8452", 2: "#55a868", 3: "#8172b3"}
 FAILURES = {  # status: (marker, colour, legend label)

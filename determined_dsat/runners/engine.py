@@ -15,38 +15,26 @@ import collections
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 from determined import searcher
 
+from determined_dsat.runners.executor import Completion, TrialExecutor
 from determined_dsat.trials.records import Outcome, TrialResult
+
+
+@runtime_checkable
+class NotesOutcomes(Protocol):
+    """A ``SearchMethod`` that wants the full result of a trial (outcome, detail, duration)
+    before the master's event, which only says ``ERRORED`` (our search methods do)."""
+
+    def note_outcome(self, request_id: str, result: TrialResult) -> None: ...
+
 
 logger = logging.getLogger("determined_dsat")
 
 ENGINE_STATE_VERSION = 1
-
-
-@attrs.frozen
-class Completion:
-    """A trial that ended, as an executor saw it."""
-
-    request_id: str
-    result: TrialResult
-    length: int
-
-
-class TrialExecutor(Protocol):
-    """Runs trials. ``next_completion`` blocks until one of the launched trials ends."""
-
-    def launch(self, request_id: str, hparams: Mapping[str, Any], length: int) -> None: ...
-
-    def next_completion(self) -> Completion: ...
-
-    @property
-    def num_running(self) -> int: ...
-
-    def cancel_all(self) -> None: ...
 
 
 @attrs.define
@@ -116,21 +104,11 @@ class SearchEngine:
         if trial is None or trial.result is not None:
             return
         trial.result = completion.result
-        note = getattr(self.method, "note_outcome", None)
-        outcome = completion.result.outcome
-        if outcome is Outcome.OK:
-            note_duration = getattr(self.method, "note_duration", None)
-            if note_duration is not None and completion.result.duration_s is not None:
-                note_duration(completion.request_id, completion.result.duration_s)
+        if isinstance(self.method, NotesOutcomes):
+            self.method.note_outcome(completion.request_id, completion.result)
+        if completion.result.outcome is Outcome.OK:
             self._dispatch("validationCompleted", completion)
         else:
-            if note is not None:
-                note(
-                    completion.request_id,
-                    outcome,
-                    completion.result.detail,
-                    completion.result.duration_s,
-                )
             self._dispatch("trialExitedEarly", completion)
             self._dispatch("trialClosed", completion.request_id)
         self._drain()

@@ -27,10 +27,11 @@ import attrs
 
 from determined_dsat.integration.local_context import METRICS_NAME, SHEET_NAME, TrialSheet
 from determined_dsat.runners.devices import Slots
-from determined_dsat.runners.engine import Completion
 from determined_dsat.runners.entrypoint import LocalCommand
+from determined_dsat.runners.executor import Completion, TrialExecutor
 from determined_dsat.runners.ext_locks import clear_stale_locks
 from determined_dsat.runners.outcome import TrialEnding, classify
+from determined_dsat.settings import DEFAULT_TRIAL_TIMEOUT_S
 from determined_dsat.space.ds_config import (
     AUTOTUNING_KEY,
     METRIC_PATH,
@@ -40,7 +41,6 @@ from determined_dsat.space.ds_config import (
 
 logger = logging.getLogger("determined_dsat")
 
-DEFAULT_TRIAL_TIMEOUT_S = 1800.0
 # After one rank fails, the others usually hang in a collective; give them this long.
 RANK_FAILURE_GRACE_S = 15.0
 KILL_GRACE_S = 5.0
@@ -81,7 +81,7 @@ class _Running:
     pidfds: list[int] = attrs.field(factory=list)
 
 
-class LocalExecutor:
+class LocalExecutor(TrialExecutor):
     """Runs trials as local process groups; see the module docstring."""
 
     def __init__(

@@ -12,19 +12,22 @@ from contextlib import contextmanager
 import attrs
 
 from determined_dsat.errors import ConfigError
-from determined_dsat.report.run_dir import RunDirectory
+from determined_dsat.report.summary import print_summary
 from determined_dsat.runners.devices import Slots, detect_slots
 from determined_dsat.runners.entrypoint import LocalCommand, parse_entrypoint
-from determined_dsat.runners.launch import log_to_run_dir, print_summary
 from determined_dsat.runners.local import LocalExecutor, LocalTrialOptions
-from determined_dsat.runners.session import SearchOutcome, Session
+from determined_dsat.runners.session import Session
 from determined_dsat.runners.warmup import warm_up_ops
 from determined_dsat.settings import SearchSettings
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import full_experiment_hparams
 from determined_dsat.space.experiment import Experiment
 from determined_dsat.space.memory import Precision
+from determined_dsat.store.run_dir import RunDirectory
+from determined_dsat.store.run_log import log_to_run_dir
 from determined_dsat.trials.records import Outcome
+from determined_dsat.trials.search_outcome import SearchOutcome
+from determined_dsat.trials.specs import hparams_of
 
 logger = logging.getLogger("determined_dsat")
 
@@ -58,9 +61,9 @@ def run_local(settings: SearchSettings, experiment: Experiment) -> int:
     logger.info("local backend: %d %s slot(s) %s", len(slots.ids), slots.kind, list(slots.ids))
     # Lock first: a refused second runner must not touch the live run's logs.
     with session.run_dir, _terminate_as_interrupt(), log_to_run_dir(session.run_dir):
-        warm_up_ops(experiment.ds_config, slots, session.run_dir.path / "warmup.log")
+        warm_up_ops(experiment.ds_config, slots, session.run_dir.warmup_log_path)
         outcome = session.run()
-        print_summary(settings, session.run_dir, outcome)
+        print_summary(settings.metric, session.run_dir, outcome)
         if settings.run_full_experiment and outcome.best is not None:
             return _run_full_experiment(session, outcome, experiment)
     return 1 if outcome.failed else 0
@@ -109,14 +112,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def _run_full_experiment(session: Session, outcome: SearchOutcome, experiment: Experiment) -> int:
     assert outcome.best is not None and experiment.max_length is not None
     executor = session.executor
-    hparams = full_experiment_hparams(session.space.hparams(outcome.best.spec))
+    hparams = full_experiment_hparams(hparams_of(session.space, outcome.best.spec))
     print(f"Training for {experiment.max_length} batches with the best config ...", file=sys.stderr)
-    with session.run_dir:
-        executor.launch(FULL_EXPERIMENT_ID, hparams, experiment.max_length)
-        try:
-            completion = executor.next_completion()
-        finally:
-            executor.cancel_all()
+    executor.launch(FULL_EXPERIMENT_ID, hparams, experiment.max_length)
+    try:
+        completion = executor.next_completion()
+    finally:
+        executor.cancel_all()
     trial_dir = session.run_dir.trial_dir(FULL_EXPERIMENT_ID)
     if completion.result.outcome is not Outcome.OK:
         print(

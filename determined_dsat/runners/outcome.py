@@ -15,9 +15,8 @@ from typing import Any
 import attrs
 
 from determined_dsat.integration.local_context import METRICS_NAME
-from determined_dsat.integration.reporting import OUTCOME_KEY
 from determined_dsat.space.ds_config import METRIC_PATH, MODEL_INFO_PATH
-from determined_dsat.trials.records import Outcome, TrialResult
+from determined_dsat.trials.records import OUTCOME_KEY, Outcome, TrialResult
 
 _OOM_PATTERNS = re.compile(
     r"CUDA out of memory|OutOfMemoryError|out of memory|DefaultCPUAllocator: can't allocate"

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from determined_dsat.errors import ConfigError
-from determined_dsat.runners.engine import Completion
+from determined_dsat.runners.executor import Completion, TrialExecutor
 from determined_dsat.space.ds_config import is_profiling_config
 from determined_dsat.trials.records import Outcome, TrialResult
 
@@ -199,7 +199,7 @@ def _load_function(path: pathlib.Path, name: str) -> ReplayFn:
     return fn  # type: ignore[no-any-return]
 
 
-class ReplayExecutor:
+class ReplayExecutor(TrialExecutor):
     """Runs trials on a simulated clock against a :class:`ReplaySource`."""
 
     def __init__(

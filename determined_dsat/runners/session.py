@@ -11,21 +11,19 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import attrs
-
+from determined_dsat.build import build_method, build_space
 from determined_dsat.errors import ConfigError
-from determined_dsat.methods.adapter import DSATSearchMethod
-from determined_dsat.methods.registry import make_policy
 from determined_dsat.report import console
-from determined_dsat.report.run_dir import RunDirectory
-from determined_dsat.runners.engine import Completion, EngineTrial, SearchEngine, TrialExecutor
-from determined_dsat.settings import OffloadTarget, SearchSettings
-from determined_dsat.space.batch import MicroBatchGrid, configured_gas
+from determined_dsat.runners.engine import EngineTrial, SearchEngine
+from determined_dsat.runners.executor import Completion, TrialExecutor
+from determined_dsat.settings import SearchSettings
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import OVERWRITE_KEY
 from determined_dsat.space.experiment import Experiment
+from determined_dsat.store.run_dir import RunDirectory
 from determined_dsat.trials.records import Outcome, TrialKind, TrialRecord, TrialResult
-from determined_dsat.trials.tracker import Limits, Tracker
+from determined_dsat.trials.search_outcome import SearchOutcome
+from determined_dsat.trials.specs import best_ds_config_of
 
 logger = logging.getLogger("determined_dsat")
 
@@ -34,64 +32,6 @@ SESSION_STATE_VERSION = 1
 _SEARCH_DEFINING = ("method", "metric", "random_seed", "zero_stages", "max_trials", "backend")
 
 ExecutorFactory = Callable[[ConfigSpace, RunDirectory], TrialExecutor]
-
-
-@attrs.frozen
-class SearchOutcome:
-    """How a search ended: the best record (if any) and the method's stop message."""
-
-    best: TrialRecord | None
-    message: str
-    failed: bool
-    records: tuple[TrialRecord, ...]
-    best_metrics: Mapping[str, Any] | None = None
-    baseline: TrialRecord | None = None
-    measurements: int = 1
-
-
-def build_space(settings: SearchSettings, experiment: Experiment) -> ConfigSpace:
-    """The config space of a search from its settings and the user's experiment."""
-    grid = MicroBatchGrid(
-        slots=experiment.slots_per_trial,
-        default_gas=configured_gas(experiment.ds_config),
-        train_batch_size=settings.train_batch_size,
-        divisible_by=settings.divisible_by,
-    )
-    return ConfigSpace(
-        base_ds_config=experiment.ds_config,
-        base_hparams=experiment.hparams,
-        stages=settings.zero_stages,
-        grid=grid,
-        start_profile_step=settings.start_profile_step,
-        end_profile_step=settings.end_profile_step,
-        offload_optimizer=OffloadTarget.OPTIMIZER in settings.offload,
-        offload_param=OffloadTarget.PARAM in settings.offload,
-        mbs_tolerance=settings.mbs_tolerance,
-    )
-
-
-def build_method(settings: SearchSettings, space: ConfigSpace, slots: int) -> DSATSearchMethod:
-    """The search method adapter for ``settings.method``."""
-    if settings.max_slots is not None and settings.max_slots < slots:
-        raise ConfigError(
-            f"--max-slots {settings.max_slots} is smaller than resources.slots_per_trial "
-            f"({slots}): no trial could ever start"
-        )
-    limits = Limits(
-        max_trials=settings.max_trials,
-        max_concurrent_trials=settings.max_concurrent_trials,
-        slots_per_trial=slots,
-        max_slots=settings.max_slots,
-    )
-    policy = make_policy(settings.method, space, settings.method_options)
-    return DSATSearchMethod(
-        policy,
-        space,
-        Tracker(settings.metric, limits),
-        settings.random_seed,
-        baseline=settings.baseline,
-        confirm_top=settings.confirm_top,
-    )
 
 
 class Session:
@@ -115,30 +55,32 @@ class Session:
         self._journaled = 0
 
     def run(self) -> SearchOutcome:
-        with self.run_dir:
-            executor = self._make_executor(self.space, self.run_dir)
-            self.executor = executor
-            engine = SearchEngine(self.method, executor, self._on_trial_finished, None)
-            engine._on_checkpoint = lambda: self._checkpoint(engine, executor)
-            bar = console.ProgressBar(self.settings.max_trials, self._stream)
-            self._bar = bar
-            try:
-                if self.settings.resume:
-                    self._resume(engine, executor)
-                else:
-                    self.run_dir.write_settings(self.settings.to_json())
-                    self._announce_plan()
-                    engine.start()
-                engine.run()
-            finally:
-                # Also on Ctrl-C: no trial process may outlive the search.
-                executor.cancel_all()
-                bar.close()
-            return self._outcome()
+        """Run (or resume) the search to its end; the caller holds the run directory."""
+        if not self.run_dir.locked:
+            raise RuntimeError(f"enter the run directory {self.run_dir.path} before the search")
+        executor = self._make_executor(self.space, self.run_dir)
+        self.executor = executor
+        engine = SearchEngine(self.method, executor, self._on_trial_finished, None)
+        engine._on_checkpoint = lambda: self._checkpoint(engine, executor)
+        bar = console.ProgressBar(self.settings.max_trials, self._stream)
+        self._bar = bar
+        try:
+            if self.settings.resume:
+                self._resume(engine, executor)
+            else:
+                self.run_dir.write_settings(self.settings.to_json())
+                self._announce_plan()
+                engine.start()
+            engine.run()
+        finally:
+            # Also on Ctrl-C: no trial process may outlive the search.
+            executor.cancel_all()
+            bar.close()
+        return self._outcome()
 
     def _announce_plan(self) -> None:
         """Say, before any trial runs, how many trials the search may spend."""
-        plan = self.method.policy.planned_trials()
+        plan = self.method.driver.planned_trials()
         message = (
             f"planned budget: {self.settings.max_trials} trials at most (profiling trial "
             f"included), {self.method.tracker.limits.concurrent_cap} at once"
@@ -172,29 +114,39 @@ class Session:
         self._journaled = journaled
         engine.load_state_dict(state["engine"])
         logged = {line["request_id"]: line for line in self.run_dir.read_trials()}
-        restore = getattr(executor, "load_state_dict", None)
-        if restore is not None and state.get("executor") is not None:
-            restore(state["executor"])
+        if state.get("executor") is not None:
+            executor.load_state_dict(state["executor"])
         else:
             engine.resume(finished=frozenset(logged))
         self._already_logged = set(logged)
-        best = self.method.tracker.best()
-        metrics = self.method.tracker.best_metrics()
-        if best is not None:
-            self._best_key = (best.spec.request_id, json.dumps(metrics, sort_keys=True))
+        self._restore_best()
         for trial in list(engine.trials.values()):
             line = logged.get(trial.request_id)
             if trial.result is None and line is not None:
                 # Finished and logged before the crash, but not in the saved state.
-                take = getattr(executor, "take", None)
-                if take is not None:
-                    take(trial.request_id)
+                executor.take(trial.request_id)
                 engine.complete(_completion_from_line(line, trial))
         logger.info(
             "resumed: %d trials finished, %d running",
             self.method.tracker.num_finished,
             self.method.tracker.num_running,
         )
+
+    def _restore_best(self) -> None:
+        """Check the best pair on disk against the saved state; rewrite it when a crash
+        left it inconsistent, missing or behind."""
+        best, metrics = self.method.tracker.best(), self.method.tracker.best_metrics()
+        if best is None or metrics is None:
+            return
+        self._best_key = (best.spec.request_id, json.dumps(metrics, sort_keys=True))
+        config = best_ds_config_of(self.space, best.spec)
+        try:
+            pair = self.run_dir.read_best()
+        except ConfigError as exc:
+            logger.warning("%s; rewriting it from the saved search state", exc)
+            pair = None
+        if pair is None or pair.ds_config != config or pair.metrics != dict(metrics):
+            self.run_dir.write_best(config, metrics)
 
     # ----- observers -----
     def _on_trial_finished(self, trial: EngineTrial) -> None:
@@ -213,7 +165,7 @@ class Session:
         key = None if best is None else (best.spec.request_id, json.dumps(metrics, sort_keys=True))
         if best is not None and metrics is not None and key != self._best_key:
             self._best_key = key
-            self.run_dir.write_best(self.space.best_ds_config(best.spec), metrics)
+            self.run_dir.write_best(best_ds_config_of(self.space, best.spec), metrics)
         label = None if best is None else console.best_label(best, self.settings.metric)
         self._bar.update(tracker.num_finished, tracker.num_running, label)
 
@@ -221,13 +173,12 @@ class Session:
         fresh = self.method.tracker.finished_since(self._journaled)
         self.run_dir.append_journal([r.to_json() for r in fresh])
         self._journaled += len(fresh)
-        snapshot = getattr(executor, "state_dict", None)
         self.run_dir.write_state(
             {
                 "version": SESSION_STATE_VERSION,
                 "method": self.method.state_dict(self._journaled),
                 "engine": engine.state_dict(),
-                "executor": None if snapshot is None else snapshot(),
+                "executor": executor.state_dict(),
             }
         )
 

@@ -19,6 +19,39 @@ GAS_DEFAULT = 1
 
 
 @attrs.frozen
+class SearchBounds:
+    """Inclusive micro-batch range still worth trying in a lineage.
+
+    ``hi_is_hard`` is False while ``hi`` is only the memory model's estimate: a success
+    at ``hi`` then widens the range upward instead of ending the search.
+    ``probe_ceiling`` is True right after such a widening: the next probe is ``hi``
+    itself (galloping), so finding a far-away limit costs O(log) trials.
+    """
+
+    lo: int
+    hi: int
+    hi_is_hard: bool = False
+    probe_ceiling: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lo": self.lo,
+            "hi": self.hi,
+            "hi_is_hard": self.hi_is_hard,
+            "probe_ceiling": self.probe_ceiling,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SearchBounds:
+        return cls(
+            lo=int(d["lo"]),
+            hi=int(d["hi"]),
+            hi_is_hard=bool(d.get("hi_is_hard", False)),
+            probe_ceiling=bool(d.get("probe_ceiling", False)),
+        )
+
+
+@attrs.frozen
 class BatchConfig:
     """A consistent triple of DeepSpeed batch settings."""
 

@@ -10,10 +10,9 @@ import attrs
 import numpy as np
 
 from determined_dsat.space import ds_config as dsc
-from determined_dsat.space.batch import BatchConfig, MicroBatchGrid, configured_gas
+from determined_dsat.space.batch import BatchConfig, MicroBatchGrid, SearchBounds, configured_gas
 from determined_dsat.space.knobs import knobs_for_stage, offload_of, sample_zero_config
 from determined_dsat.space.memory import MemoryModel, ModelProfile, Offload, Precision
-from determined_dsat.trials.records import SearchBounds, TrialKind, TrialSpec
 
 
 @attrs.frozen
@@ -98,58 +97,49 @@ class ConfigSpace:
         snapped = self.grid.snap_down(hi)
         return SearchBounds(lo=lo, hi=max(lo, snapped or lo), hi_is_hard=False)
 
-    def profile_spec(self, request_id: str) -> TrialSpec:
-        """The one-step model-info profiling trial at the smallest micro-batch."""
-        mbs = self.grid.min_mbs
-        return TrialSpec(
-            request_id=request_id,
-            kind=TrialKind.PROFILE,
-            mbs=mbs,
-            gas=self.grid.batch_config(mbs).gradient_accumulation_steps,
-            zero={"stage": self.user_stage},
-        )
-
-    def baseline_spec(self, request_id: str) -> TrialSpec:
-        """The user's own ds_config, measured as it is: their micro-batch, accumulation
-        and ZeRO block (``train_batch_size`` made consistent, as DeepSpeed requires)."""
+    @property
+    def user_batch(self) -> tuple[int, int]:
+        """(micro-batch, gradient accumulation) of the user's own ds_config."""
         user = self.user_ds_config
         mbs = user.get("train_micro_batch_size_per_gpu")
         if isinstance(mbs, bool) or not isinstance(mbs, int) or mbs < 1:
             mbs = self.grid.min_mbs
-        zero = user.get("zero_optimization")
-        return TrialSpec(
-            request_id=request_id,
-            kind=TrialKind.BASELINE,
-            mbs=mbs,
-            gas=configured_gas(user),
-            zero=dict(zero) if isinstance(zero, Mapping) else {"stage": 0},
-        )
+        return mbs, configured_gas(user)
 
-    def overwrites(self, spec: TrialSpec) -> dict[str, Any]:
-        """The ``overwrite_deepspeed_args`` of a trial: batch, ZeRO block and autotuning."""
-        section = dsc.autotuning_section(self.start_profile_step, self.end_profile_step)
-        if spec.kind is TrialKind.BASELINE:
-            own = BatchConfig(spec.mbs * spec.gas * self.grid.slots, spec.mbs, spec.gas)
-            return {**own.to_overwrites(), dsc.AUTOTUNING_KEY: section}
-        batch = self.grid.batch_config(spec.mbs).to_overwrites()
-        if spec.kind is TrialKind.PROFILE:
-            return {**batch, dsc.AUTOTUNING_KEY: dsc.profiling_section()}
-        return {**batch, "zero_optimization": dict(spec.zero), dsc.AUTOTUNING_KEY: section}
+    @property
+    def user_zero(self) -> dict[str, Any]:
+        """The user's own ``zero_optimization`` block (stage 0 when there is none)."""
+        zero = self.user_ds_config.get("zero_optimization")
+        return dict(zero) if isinstance(zero, Mapping) else {"stage": 0}
 
-    def hparams(self, spec: TrialSpec) -> dict[str, Any]:
-        """The trial's full hyperparameters: the user's, with our overwrites merged in."""
-        ours = {dsc.OVERWRITE_KEY: self.overwrites(spec), dsc.USE_DSAT_MODE_KEY: True}
+    def profile_overwrites(self) -> dict[str, Any]:
+        """Overwrites of the one-step model-info profiling trial (the smallest micro-batch)."""
+        batch = self.grid.batch_config(self.grid.min_mbs).to_overwrites()
+        return {**batch, dsc.AUTOTUNING_KEY: dsc.profiling_section()}
+
+    def baseline_overwrites(self, mbs: int, gas: int) -> dict[str, Any]:
+        """Overwrites that measure the user's own batch settings (their ZeRO block stays)."""
+        own = BatchConfig(mbs * gas * self.grid.slots, mbs, gas)
+        return {**own.to_overwrites(), dsc.AUTOTUNING_KEY: self._autotuning()}
+
+    def search_overwrites(self, mbs: int, zero: Mapping[str, Any]) -> dict[str, Any]:
+        """Overwrites of a searched configuration: batch, ZeRO block and autotuning."""
+        batch = self.grid.batch_config(mbs).to_overwrites()
+        return {**batch, "zero_optimization": dict(zero), dsc.AUTOTUNING_KEY: self._autotuning()}
+
+    def _autotuning(self) -> dict[str, Any]:
+        return dsc.autotuning_section(self.start_profile_step, self.end_profile_step)
+
+    def hparams_with(self, overwrites: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's full hyperparameters: the user's, with ``overwrites`` merged in."""
+        ours = {dsc.OVERWRITE_KEY: dict(overwrites), dsc.USE_DSAT_MODE_KEY: True}
         return dsc.merge_overwrites(self.base_hparams, ours)
 
-    def full_ds_config(self, spec: TrialSpec) -> dict[str, Any]:
-        """The complete ds_config a trial runs with."""
-        return dsc.merge_overwrites(self.user_ds_config, self.overwrites(spec))
+    def ds_config_with(self, overwrites: Mapping[str, Any]) -> dict[str, Any]:
+        """The complete ds_config a trial with ``overwrites`` runs with."""
+        return dsc.merge_overwrites(self.user_ds_config, overwrites)
 
     def ds_config_from_hparams(self, hparams: Mapping[str, Any]) -> dict[str, Any]:
         """The complete ds_config that a trial created with ``hparams`` runs with."""
         overwrites = hparams.get(dsc.OVERWRITE_KEY) or {}
         return dsc.merge_overwrites(self.base_ds_config, overwrites)
-
-    def best_ds_config(self, spec: TrialSpec) -> dict[str, Any]:
-        """A complete ds_config for a user to train with: no autotuning section."""
-        return dsc.without_autotuning(self.full_ds_config(spec))

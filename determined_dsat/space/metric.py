@@ -28,6 +28,12 @@ class Metric(enum.Enum):
         """Map a raw metric value to a score where larger is always better."""
         return -value if self.smaller_is_better else value
 
+    def speedup(self, value: float, reference: float) -> float:
+        """How many times better ``value`` is than ``reference`` (``reference / value`` when
+        smaller is better); ``inf`` when the denominator is not positive."""
+        num, den = (reference, value) if self.smaller_is_better else (value, reference)
+        return num / den if den > 0 else float("inf")
+
     def score_of(self, metrics: Mapping[str, object]) -> float | None:
         """The score of a metrics dict, or None when the metric is absent or not finite."""
         raw = metrics.get(self.value)

@@ -12,6 +12,12 @@ from typing import Any
 
 import attrs
 
+from determined_dsat.space.batch import SearchBounds
+
+OUTCOME_KEY = "dsat_outcome"
+"""The metric a trial reports its own outcome under (e.g. ``"oom"`` from
+``dsat_reporting_context``), where the cluster's events cannot say it."""
+
 
 class Outcome(enum.Enum):
     """How a trial ended. Methods branch on this, never on exit codes or log text."""
@@ -47,39 +53,6 @@ class TrialKind(enum.Enum):
     BASELINE = "baseline"
     SEARCH = "search"
     CONFIRM = "confirm"
-
-
-@attrs.frozen
-class SearchBounds:
-    """Inclusive micro-batch range still worth trying in a lineage.
-
-    ``hi_is_hard`` is False while ``hi`` is only the memory model's estimate: a success
-    at ``hi`` then widens the range upward instead of ending the search.
-    ``probe_ceiling`` is True right after such a widening: the next probe is ``hi``
-    itself (galloping), so finding a far-away limit costs O(log) trials.
-    """
-
-    lo: int
-    hi: int
-    hi_is_hard: bool = False
-    probe_ceiling: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "lo": self.lo,
-            "hi": self.hi,
-            "hi_is_hard": self.hi_is_hard,
-            "probe_ceiling": self.probe_ceiling,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> SearchBounds:
-        return cls(
-            lo=int(d["lo"]),
-            hi=int(d["hi"]),
-            hi_is_hard=bool(d.get("hi_is_hard", False)),
-            probe_ceiling=bool(d.get("probe_ceiling", False)),
-        )
 
 
 @attrs.frozen

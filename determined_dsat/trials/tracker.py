@@ -41,7 +41,8 @@ class Limits:
 
 
 class Tracker:
-    """The search's trial records. Methods read it; only the search adapter writes it."""
+    """The search's trial records. Policies read it (as a ``TrackerView``); only the search
+    driver writes it."""
 
     def __init__(self, metric: Metric, limits: Limits) -> None:
         self.metric = metric
@@ -61,7 +62,7 @@ class Tracker:
         self._confirmations: dict[str, list[str]] = {}
         self._winner: tuple[str, dict[str, Any]] | None = None
 
-    # ----- writes (adapter only) -----
+    # ----- writes (the driver only) -----
     def add(self, spec: TrialSpec) -> None:
         """Register a created trial as running."""
         if spec.request_id in self._records:
@@ -239,15 +240,20 @@ class Tracker:
     def trials_since_best(self) -> int:
         return self._trials_since_best
 
-    def capacity(self) -> int:
-        """How many more trials may be created right now without breaking a limit."""
+    def capacity(self, reserve: int = 0) -> int:
+        """How many more trials may be created right now without breaking a limit, keeping
+        ``reserve`` trials of the budget for later (the one place that works this out)."""
         by_concurrency = self.limits.concurrent_cap - self.num_running
-        by_budget = self.limits.max_trials - self.num_created
+        by_budget = self.limits.max_trials - reserve - self.num_created
         return max(0, min(by_concurrency, by_budget))
 
     @property
     def budget_spent(self) -> bool:
         return self.num_created >= self.limits.max_trials
+
+    def running_of(self, kind: TrialKind) -> int:
+        """How many trials of ``kind`` are running."""
+        return sum(1 for rid in self._running if self._records[rid].spec.kind is kind)
 
     # ----- persistence -----
     def finished_since(self, count: int) -> list[TrialRecord]:

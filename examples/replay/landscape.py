@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from determined_dsat.runners.synthetic import GIB, Landscape
+from determined_dsat.testing.synthetic import GIB, Landscape
 
 MODEL = attrs.evolve(
     Landscape.draw(11),

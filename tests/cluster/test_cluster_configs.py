@@ -13,13 +13,14 @@ import yaml
 from expconf import SEARCHER_SCHEMA_URL, ExpconfValidator, default_validator
 
 from determined_dsat import cli
+from determined_dsat.build import build_space
 from determined_dsat.errors import ConfigError
 from determined_dsat.runners.cluster import configs, submit
-from determined_dsat.runners.session import build_space
 from determined_dsat.settings import Backend, SearchSettings
 from determined_dsat.space import ds_config as dsc
 from determined_dsat.space.experiment import Experiment, load_experiment
 from determined_dsat.trials.records import TrialKind, TrialSpec
+from determined_dsat.trials.specs import hparams_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = [
@@ -84,7 +85,7 @@ def _best_hparams(settings: SearchSettings, experiment: Experiment) -> dict[str,
     spec = TrialSpec(
         request_id="r", kind=TrialKind.SEARCH, mbs=4, gas=1, zero={"stage": 2, "overlap_comm": True}
     )
-    return space.hparams(spec)
+    return hparams_of(space, spec)
 
 
 @pytest.mark.parametrize(("example", "name"), EXAMPLES, ids=IDS)

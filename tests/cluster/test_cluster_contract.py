@@ -34,8 +34,9 @@ from master_double import (
 
 from determined_dsat import cli
 from determined_dsat.runners.cluster import search_runner
-from determined_dsat.runners.synthetic import GIB, Landscape
 from determined_dsat.space import ds_config as dsc
+from determined_dsat.store import layout
+from determined_dsat.testing.synthetic import GIB, Landscape
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -172,11 +173,11 @@ def test_submission_uploads_settings_as_json_and_a_valid_runner_config(
     assert record.config["entrypoint"] == f"python3 -m {search_runner.__name__}"
     assert record.config["searcher"]["name"] == "single"
     files = record.model_definition
-    assert search_runner.SETTINGS_FILE in files
+    assert layout.RUNNER_SETTINGS_FILE in files
     assert "deepspeed.yaml" in files and "core_api/train.py" in files
     assert "determined_dsat/runners/cluster/search_runner.py" in files
     assert not any(name.endswith((".pkl", ".pickle", ".pyc")) for name in files)
-    settings = json.loads(record.model_files[search_runner.SETTINGS_FILE])
+    settings = json.loads(record.model_files[layout.RUNNER_SETTINGS_FILE])
     assert settings["model_dir"] == "core_api" and settings["config_path"] == "deepspeed.yaml"
     assert settings["max_trials"] == MAX_TRIALS
 

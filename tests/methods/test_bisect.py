@@ -15,8 +15,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from determined_dsat.methods import bisect
-from determined_dsat.space.batch import MicroBatchGrid
-from determined_dsat.trials.records import SearchBounds
+from determined_dsat.space.batch import MicroBatchGrid, SearchBounds
 
 
 def is_allowed(grid: MicroBatchGrid, mbs: int) -> bool:

@@ -9,17 +9,18 @@ from typing import Any
 
 import pytest
 
-from determined_dsat.methods.adapter import DSATSearchMethod
+from determined_dsat.build import build_method
+from determined_dsat.methods.binary import BinaryOptions
 from determined_dsat.methods.confirm import confirmation_budget
+from determined_dsat.methods.search_method import DSATSearchMethod
 from determined_dsat.runners.engine import SearchEngine
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
-from determined_dsat.runners.session import build_method
-from determined_dsat.runners.synthetic import Landscape
-from determined_dsat.settings import Backend, BinaryOptions, SearchSettings
+from determined_dsat.settings import Backend, SearchSettings
 from determined_dsat.space.batch import MicroBatchGrid
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import is_profiling_config
 from determined_dsat.space.metric import Metric
+from determined_dsat.testing.synthetic import Landscape
 from determined_dsat.trials.records import TrialKind
 
 USER_DS_CONFIG = {

@@ -1,6 +1,6 @@
 """The contract every registered search method keeps, checked through the engine and replay.
 
-Each test is parametrized over ``registry.POLICIES``, so a method added to the registry is
+Each test is parametrized over ``registry.methods()``, so a method added to the registry is
 held to the same contract without touching this file. Trials come from seeded synthetic
 landscapes (``runners.synthetic.Landscape``), whose ground truth (true memory ceiling, true
 throughput, optimum) the assertions are derived from.
@@ -23,19 +23,20 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # noqa: E402
 
-from determined_dsat.methods.adapter import DSATSearchMethod  # noqa: E402
-from determined_dsat.methods.registry import POLICIES  # noqa: E402
-from determined_dsat.runners.engine import Completion, SearchEngine  # noqa: E402
+from determined_dsat.build import build_method  # noqa: E402
+from determined_dsat.methods import registry  # noqa: E402
+from determined_dsat.methods.search_method import DSATSearchMethod  # noqa: E402
+from determined_dsat.runners.engine import SearchEngine
+from determined_dsat.runners.executor import Completion  # noqa: E402
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction  # noqa: E402
-from determined_dsat.runners.session import build_method  # noqa: E402
-from determined_dsat.runners.synthetic import Landscape  # noqa: E402
-from determined_dsat.settings import METHOD_OPTIONS, Backend, SearchSettings  # noqa: E402
+from determined_dsat.settings import Backend, SearchSettings  # noqa: E402
 from determined_dsat.space.batch import MicroBatchGrid  # noqa: E402
 from determined_dsat.space.config_space import ConfigSpace  # noqa: E402
 from determined_dsat.space.metric import Metric  # noqa: E402
+from determined_dsat.testing.synthetic import Landscape  # noqa: E402
 from determined_dsat.trials.records import Outcome  # noqa: E402
 
-METHODS = sorted(POLICIES)
+METHODS = sorted(registry.methods())
 OVERWRITE_KEY = "overwrite_deepspeed_args"
 
 BASE_DS_CONFIG: dict[str, Any] = {
@@ -84,7 +85,7 @@ def make_space(
 
 
 def make_settings(method: str, **kw: Any) -> SearchSettings:
-    options = kw.pop("method_options", None) or METHOD_OPTIONS[method]()
+    options = kw.pop("method_options", None) or registry.get(method).options()
     return SearchSettings(
         method=method,
         config_path=pathlib.Path("/nonexistent/deepspeed.yaml"),

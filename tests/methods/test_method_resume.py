@@ -1,5 +1,5 @@
 """Resume equality: a method restored from its JSON state at any event boundary continues
-exactly as the uninterrupted method did, for every method in ``registry.POLICIES``.
+exactly as the uninterrupted method did, for every method in ``registry.methods()``.
 
 The uninterrupted run is recorded through the engine as the sequence of calls the method
 received (events and the runner's outcome notes) and what each returned. The same events
@@ -21,18 +21,19 @@ import attrs
 import pytest
 from determined import searcher
 
-from determined_dsat.methods.adapter import DSATSearchMethod
-from determined_dsat.methods.registry import POLICIES
+from determined_dsat.build import build_method
+from determined_dsat.methods import registry
+from determined_dsat.methods.asha import AshaOptions
+from determined_dsat.methods.search_method import DSATSearchMethod
 from determined_dsat.runners.engine import SearchEngine
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
-from determined_dsat.runners.session import build_method
-from determined_dsat.runners.synthetic import Landscape
-from determined_dsat.settings import METHOD_OPTIONS, AshaOptions, Backend, SearchSettings
+from determined_dsat.settings import Backend, SearchSettings
 from determined_dsat.space.batch import MicroBatchGrid
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.metric import Metric
+from determined_dsat.testing.synthetic import Landscape
 
-METHODS = sorted(POLICIES)
+METHODS = sorted(registry.methods())
 EVENT_METHODS = (
     "initial_operations",
     "on_trial_created",
@@ -41,7 +42,7 @@ EVENT_METHODS = (
     "on_trial_closed",
     "progress",
 )
-NOTES = ("note_outcome", "note_duration")
+NOTES = ("note_outcome",)
 
 Event = tuple[str, tuple[Any, ...]]
 
@@ -76,7 +77,7 @@ def make_settings(method: str, options: Any = None, **kw: Any) -> SearchSettings
         model_dir=pathlib.Path("/nonexistent"),
         backend=Backend.REPLAY,
         run_dir=pathlib.Path("/nonexistent/run"),
-        method_options=options or METHOD_OPTIONS[method](),
+        method_options=options or registry.get(method).options(),
         metric=Metric.THROUGHPUT,
         random_seed=kw.pop("random_seed", 1234),
         **kw,
@@ -168,7 +169,7 @@ def scenarios() -> list[Scenario]:
         if method == "asha":
             options = AshaOptions(min_binary_search_trials=1, divisor=2, asha_early_stopping=1)
         elif method == "random":
-            options = METHOD_OPTIONS["random"](trials_per_random_config=3, early_stopping=12)
+            options = registry.get("random").options(trials_per_random_config=3, early_stopping=12)
         return make_settings(
             method, options, max_trials=48, max_concurrent_trials=5, max_slots=3 * tight.slots
         )

@@ -8,7 +8,8 @@ import pytest
 from cli_support import Launch
 
 from determined_dsat import cli
-from determined_dsat.settings import ModelOptions, SearchSettings
+from determined_dsat.methods.model_based import ModelOptions
+from determined_dsat.settings import SearchSettings
 
 
 def run(capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, str]:

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_method_contract import SEEDS, make_space, run_search
 
-from determined_dsat.methods.model_based import ModelPolicy
+from determined_dsat.methods.model_based import ModelOptions, ModelPolicy
 from determined_dsat.methods.surrogate import normal
 from determined_dsat.methods.surrogate.acquisition import SAFE_FIT_PROBABILITY, expected_improvement
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, bucket_elements
@@ -30,9 +30,8 @@ from determined_dsat.methods.surrogate.throughput import (
     ThroughputObservation,
     ThroughputSurrogate,
 )
-from determined_dsat.runners.synthetic import Landscape
-from determined_dsat.settings import ModelOptions
 from determined_dsat.space.metric import Metric
+from determined_dsat.testing.synthetic import Landscape
 from determined_dsat.trials.records import Outcome
 
 # ----- helpers ----------------------------------------------------------------------------

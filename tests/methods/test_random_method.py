@@ -10,16 +10,18 @@ from typing import Any
 import pytest
 from determined import searcher
 
-from determined_dsat.methods.adapter import DSATSearchMethod
-from determined_dsat.runners.engine import Completion, SearchEngine
+from determined_dsat.build import build_method
+from determined_dsat.methods.random_search import RandomOptions
+from determined_dsat.methods.search_method import DSATSearchMethod
+from determined_dsat.runners.engine import SearchEngine
+from determined_dsat.runners.executor import Completion
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
-from determined_dsat.runners.session import build_method
-from determined_dsat.runners.synthetic import Landscape
-from determined_dsat.settings import Backend, RandomOptions, SearchSettings
+from determined_dsat.settings import Backend, SearchSettings
 from determined_dsat.space.batch import MicroBatchGrid
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import is_profiling_config
 from determined_dsat.space.metric import Metric
+from determined_dsat.testing.synthetic import Landscape
 
 OVERWRITE_KEY = "overwrite_deepspeed_args"
 FLAT_THROUGHPUT = 123.0

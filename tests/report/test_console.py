@@ -6,15 +6,8 @@ from typing import Any
 
 import pytest
 
-from determined_dsat.report.console import (
-    ProgressBar,
-    best_by_stage,
-    best_label,
-    best_record,
-    describe_trial,
-    format_metric,
-    render_summary,
-)
+from determined_dsat.report.console import ProgressBar, best_label, describe_trial, format_metric
+from determined_dsat.report.summary import best_by_stage, best_record, render_summary
 from determined_dsat.space.metric import Metric
 from determined_dsat.trials.records import (
     Outcome,
@@ -49,40 +42,38 @@ class FakeTTY(io.StringIO):
 
 def test_progress_non_tty_prints_one_line_per_change() -> None:
     out = io.StringIO()
-    bar = ProgressBar(64, stream=out, width=16)
+    bar = ProgressBar(64, stream=out)
     bar.update(0, 2, None)
     bar.update(0, 3, None)  # done unchanged: silent
     bar.update(9, 3, "1234.5 samples/s (z2 mbs=16 gas=1)")
     bar.update(9, 1, "1234.5 samples/s (z2 mbs=16 gas=1)")
-    bar.update(10, 0, None)
+    bar.update(10, 0, None, time_left_s=125)
     bar.close()
     text = out.getvalue()
     assert "\r" not in text
     lines = text.splitlines()
     assert len(lines) == 3
-    assert lines[0] == "[................]  0/64 trials, 2 running"
-    assert lines[1] == (
-        "[##..............]  9/64 trials, 3 running | best 1234.5 samples/s (z2 mbs=16 gas=1)"
-    )
-    assert lines[2].startswith("[##..............] 10/64 trials, 0 running")
+    assert " 0/64 trials [" in lines[0] and lines[0].endswith(", 2 running]")
+    assert lines[0].startswith("  0%|")
+    assert " 9/64 trials [" in lines[1] and lines[1].startswith(" 14%|#")
+    assert lines[1].endswith(", 3 running, best 1234.5 samples/s (z2 mbs=16 gas=1)]")
+    assert " 10/64 trials [" in lines[2] and lines[2].endswith(", 0 running, 02:05 left]")
+    assert all(ch.isascii() for ch in text)
 
 
 def test_progress_tty_redraws_with_carriage_return() -> None:
     out = FakeTTY()
-    bar = ProgressBar(4, stream=out, width=8)
+    bar = ProgressBar(4, stream=out)
     bar.update(1, 3, "a long best description")
     bar.update(1, 2, None)
     bar.update(4, 0, None)
     text = out.getvalue()
     assert "\n" not in text
-    assert text.count("\r") == 3
-    frames = text.split("\r")[1:]
-    assert frames[0] == "[##......] 1/4 trials, 3 running | best a long best description"
-    # A shorter frame blanks out what the longer one left behind.
-    assert len(frames[1]) == len(frames[0]) and frames[1].rstrip() == (
-        "[##......] 1/4 trials, 2 running"
-    )
-    assert frames[2].startswith("[########] 4/4 trials, 0 running")
+    frames = [f.rstrip() for f in text.split("\r")[1:]]
+    assert any(f.endswith("1/4 trials [00:00<?, ?trial/s, 3 running, best a long best description]")
+               for f in frames)  # fmt: skip
+    assert any(f.endswith(", 2 running]") and " 1/4 " in f for f in frames)
+    assert frames[-1].startswith("100%|##########| 4/4 trials")
     bar.close()
     assert out.getvalue().endswith("\n")
 
@@ -97,13 +88,13 @@ def test_progress_survives_closed_stream() -> None:
     bar.stream.close()
     bar.update(2, 0, "x")
     bar.close()
-    assert bar.render(2, 0, None).startswith("[################")
+    assert " 67%|" in bar.render(2, 0, None)
 
 
 def test_progress_zero_total() -> None:
     out = io.StringIO()
-    ProgressBar(0, stream=out, width=4).update(0, 0, None)
-    assert out.getvalue() == "[....] 0/0 trials, 0 running\n"
+    ProgressBar(0, stream=out).update(0, 0, None)
+    assert out.getvalue().strip().endswith("0/0 trials [00:00<?, ?trial/s, 0 running]")
 
 
 # -- formatting ------------------------------------------------------------------------

@@ -11,9 +11,10 @@ import pytest
 from test_report_support import CONFIRMED_RUN, csv_rows, line, report, tp, write_run
 
 from determined_dsat.report.console import format_metric
-from determined_dsat.report.report import BASE_COLUMNS, load_run, speedup
-from determined_dsat.report.run_dir import RunDirectory
+from determined_dsat.report.report import BASE_COLUMNS
+from determined_dsat.report.run import load_run, speedup
 from determined_dsat.space.metric import Metric
+from determined_dsat.store.run_dir import RunDirectory
 
 TP = Metric.THROUGHPUT
 

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from determined_dsat import cli
-from determined_dsat.report.run_dir import RunDirectory
-from determined_dsat.runners.synthetic import Landscape
+from determined_dsat.store.run_dir import CONFIG_HASH_KEY, RunDirectory, config_hash
+from determined_dsat.testing.synthetic import Landscape
 from determined_dsat.trials.records import Outcome
 
 SLOTS = 2
@@ -65,7 +65,7 @@ import time
 
 import attrs
 
-from determined_dsat.runners.synthetic import Landscape
+from determined_dsat.testing.synthetic import Landscape
 
 LANDSCAPE = attrs.evolve(Landscape.draw({SEED}), slots={SLOTS})
 
@@ -211,6 +211,7 @@ def check_run_dir(run: pathlib.Path, max_trials: int, metric: str = "FLOPS_per_g
         * SLOTS
     )
     best_metrics = json.loads((run / "best_ds_metrics.json").read_text())
+    assert best_metrics.pop(CONFIG_HASH_KEY) == config_hash(best_config)
     # Replay measurements are deterministic, so each confirmed median is the first value.
     assert best_metrics.pop("dsat_measurements") == 2
     assert best_metrics == best["metrics"]

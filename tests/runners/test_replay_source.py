@@ -18,8 +18,8 @@ from determined_dsat.runners.replay import (
     config_matches,
     load_replay_source,
 )
-from determined_dsat.runners.synthetic import Landscape
 from determined_dsat.space.ds_config import profiling_section
+from determined_dsat.testing.synthetic import Landscape
 from determined_dsat.trials.records import Outcome
 
 PROFILE = {

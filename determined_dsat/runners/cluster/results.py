@@ -13,14 +13,11 @@ import pathlib
 import time
 from collections.abc import Callable
 
-from determined_dsat.jsonio import write_json_atomic
-from determined_dsat.report.run_dir import trial_line
+from determined_dsat.store import layout
+from determined_dsat.store.lines import trial_line
+from determined_dsat.store.run_dir import write_best_pair
 from determined_dsat.trials.records import TrialRecord
 from determined_dsat.trials.tracker import Tracker
-
-TRIALS_FILE = "trials.jsonl"
-BEST_CONFIG_FILE = "best_ds_config.json"
-BEST_METRICS_FILE = "best_ds_metrics.json"
 
 Overwrites = Callable[[TrialRecord], dict[str, object]]
 
@@ -48,13 +45,13 @@ class ResultLog:
     def write(self, directory: pathlib.Path) -> None:
         """Write ``trials.jsonl`` into ``directory``."""
         text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in self.lines)
-        (directory / TRIALS_FILE).write_text(text)
+        (directory / layout.TRIALS_FILE).write_text(text)
 
     @classmethod
     def read(cls, directory: pathlib.Path) -> ResultLog:
         """The log a checkpoint holds (empty when it has none)."""
         log = cls()
-        path = directory / TRIALS_FILE
+        path = directory / layout.TRIALS_FILE
         if path.is_file():
             for raw in path.read_text().splitlines():
                 if raw.strip():
@@ -67,6 +64,5 @@ class ResultLog:
 def write_best(
     directory: pathlib.Path, ds_config: dict[str, object], metrics: dict[str, object]
 ) -> None:
-    """Write the best config and its metrics into ``directory``."""
-    write_json_atomic(directory / BEST_CONFIG_FILE, ds_config)
-    write_json_atomic(directory / BEST_METRICS_FILE, metrics)
+    """Write the best config and its metrics (with the config's hash) into ``directory``."""
+    write_best_pair(directory, ds_config, metrics)

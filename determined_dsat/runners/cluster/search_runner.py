@@ -25,24 +25,27 @@ from determined import core, searcher
 from determined.common.api import errors as api_errors
 from determined.experimental import client
 
+from determined_dsat.build import build_method, build_space
 from determined_dsat.errors import DsatError
 from determined_dsat.jsonio import write_json_atomic
-from determined_dsat.methods.adapter import DSATSearchMethod
+from determined_dsat.methods.search_method import DSATSearchMethod
 from determined_dsat.runners.cluster.configs import custom_experiment_config, full_experiment_config
 from determined_dsat.runners.cluster.operations import operations_from_json, operations_to_json
 from determined_dsat.runners.cluster.results import ResultLog, write_best
-from determined_dsat.runners.session import build_method, build_space
 from determined_dsat.settings import SearchSettings
 from determined_dsat.space import ds_config as dsc
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.experiment import Experiment, load_experiment
+from determined_dsat.store.layout import (
+    FULL_EXPERIMENT_FILE,
+    OPERATIONS_FILE,
+    RUNNER_SETTINGS_FILE,
+)
 from determined_dsat.trials.records import TrialRecord
+from determined_dsat.trials.specs import best_ds_config_of, hparams_of, overwrites_of
 
 logger = logging.getLogger("determined_dsat")
 
-SETTINGS_FILE = "dsat_settings.json"
-OPERATIONS_FILE = "operations.json"
-FULL_EXPERIMENT_FILE = "full_experiment.json"
 # Between polls of the master's searcher events (which long-poll themselves).
 POLL_INTERVAL_S = 1.0
 
@@ -133,14 +136,14 @@ class ClusterSearchRunner(searcher.RemoteSearchRunner):
         tracker = self.method.tracker
         best, metrics = tracker.best(), tracker.best_metrics()
         if best is not None and metrics is not None:
-            write_best(path, self.space.best_ds_config(best.spec), dict(metrics))
+            write_best(path, best_ds_config_of(self.space, best.spec), dict(metrics))
         if self.full_experiment_id is not None:
             write_json_atomic(
                 path / FULL_EXPERIMENT_FILE, {"experiment_id": self.full_experiment_id}
             )
 
     def _overwrites(self, record: TrialRecord) -> dict[str, object]:
-        return self.space.overwrites(record.spec)
+        return overwrites_of(self.space, record.spec)
 
     def _report_best(self) -> None:
         """Show the best metric so far in the runner experiment's metrics (Web UI)."""
@@ -181,7 +184,7 @@ class ClusterSearchRunner(searcher.RemoteSearchRunner):
             return None
         info = det.get_cluster_info()
         runner_id = info.trial.experiment_id if info is not None else 0
-        config = full_experiment_config(user_config, self.space.hparams(best.spec), runner_id)
+        config = full_experiment_config(user_config, hparams_of(self.space, best.spec), runner_id)
         exp = client.create_experiment(config, model_dir, list(includes))
         self.full_experiment_id = exp.id
         logger.info("Created full experiment %d with the best config", exp.id)
@@ -239,7 +242,7 @@ def main() -> int:
         print("dsat: the search runner runs inside a Determined trial", file=sys.stderr)
         return 2
     try:
-        settings = load_settings(pathlib.Path(SETTINGS_FILE))
+        settings = load_settings(pathlib.Path(RUNNER_SETTINGS_FILE))
         experiment = load_experiment(settings.config_path, settings.model_dir)
     except DsatError as exc:
         print(f"dsat: {exc}", file=sys.stderr)

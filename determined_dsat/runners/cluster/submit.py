@@ -22,10 +22,11 @@ from determined_dsat.runners.cluster.configs import (
     full_experiment_config,
     search_runner_config,
 )
-from determined_dsat.runners.cluster.search_runner import SETTINGS_FILE, package_dir
+from determined_dsat.runners.cluster.search_runner import package_dir
 from determined_dsat.settings import Backend, SearchSettings
 from determined_dsat.space import ds_config as dsc
 from determined_dsat.space.experiment import Experiment
+from determined_dsat.store.layout import RUNNER_SETTINGS_FILE
 
 
 def relocated(settings: SearchSettings) -> SearchSettings:
@@ -46,7 +47,7 @@ def relocated(settings: SearchSettings) -> SearchSettings:
 def uploads(settings: SearchSettings) -> list[pathlib.Path]:
     """What goes into the runner's context, each under its own name at the top level."""
     paths = [settings.model_dir, settings.config_path, *settings.include, package_dir()]
-    seen: dict[str, pathlib.Path] = {SETTINGS_FILE: pathlib.Path(SETTINGS_FILE)}
+    seen: dict[str, pathlib.Path] = {RUNNER_SETTINGS_FILE: pathlib.Path(RUNNER_SETTINGS_FILE)}
     for path in paths:
         if path.name in seen:
             raise ConfigError(
@@ -94,7 +95,7 @@ def submit(settings: SearchSettings, experiment: Experiment) -> int:
     includes = uploads(settings)
     with tempfile.TemporaryDirectory(prefix="dsat-submit-") as tmp:
         context = pathlib.Path(tmp)
-        (context / SETTINGS_FILE).write_text(
+        (context / RUNNER_SETTINGS_FILE).write_text(
             json.dumps(relocated(settings).to_json(), indent=2, sort_keys=True)
         )
         try:

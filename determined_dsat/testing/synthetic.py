@@ -14,7 +14,7 @@ DeepSpeed reads at that stage scales it:
 Searches see noisy measurements; the noise-free value scores them. Use one as a
 replay function::
 
-    --backend replay --replay-source determined_dsat/runners/synthetic.py:example
+    --backend replay --replay-source determined_dsat/testing/synthetic.py:example
 """
 
 from __future__ import annotations

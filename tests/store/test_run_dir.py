@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from determined_dsat.errors import ConfigError, RunDirLockedError
-from determined_dsat.report.run_dir import RunDirectory
+from determined_dsat.store.run_dir import CONFIG_HASH_KEY, RunDirectory, config_hash
 from determined_dsat.trials.records import (
     Outcome,
     TrialKind,
@@ -149,7 +149,14 @@ def test_state_settings_and_best_round_trip_atomically(tmp_path: pathlib.Path) -
     assert rd.read_state() == {"rung": 2, "pending": []}
     assert rd.read_settings() == {"metric": "throughput"}
     assert json.loads(rd.best_config_path.read_text()) == {"zero_optimization": {"stage": 2}}
-    assert json.loads(rd.best_metrics_path.read_text()) == {"throughput": 12.5}
+    metrics = json.loads(rd.best_metrics_path.read_text())
+    expected = {
+        "throughput": 12.5,
+        CONFIG_HASH_KEY: config_hash({"zero_optimization": {"stage": 2}}),
+    }
+    assert metrics == expected
+    pair = rd.read_best()
+    assert pair is not None and pair.metrics == {"throughput": 12.5}
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert leftovers == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -197,7 +204,7 @@ def test_second_object_in_same_process_is_refused(tmp_path: pathlib.Path) -> Non
 _HOLDER = textwrap.dedent(
     """
     import pathlib, sys
-    from determined_dsat.report.run_dir import RunDirectory
+    from determined_dsat.store.run_dir import RunDirectory
     rd = RunDirectory(pathlib.Path(sys.argv[1]))
     rd.acquire()
     print("locked", flush=True)
@@ -236,10 +243,40 @@ def test_other_process_holding_lock_refuses_with_its_pid(tmp_path: pathlib.Path)
 def test_lock_dies_with_the_process(tmp_path: pathlib.Path) -> None:
     code = (
         "import pathlib, sys, os\n"
-        "from determined_dsat.report.run_dir import RunDirectory\n"
+        "from determined_dsat.store.run_dir import RunDirectory\n"
         "RunDirectory(pathlib.Path(sys.argv[1])).acquire()\n"
         "os._exit(0)\n"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
     with RunDirectory(tmp_path) as rd:
         assert rd.locked
+
+
+def test_a_torn_best_pair_is_detected(tmp_path: pathlib.Path) -> None:
+    rd = RunDirectory(tmp_path)
+    assert rd.read_best() is None
+    rd.write_best({"train_micro_batch_size_per_gpu": 4}, {"throughput": 10.0})
+    # A crash between the two writes: the new config, the old metrics.
+    rd.best_config_path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8}))
+    with pytest.raises(ConfigError, match="belongs to another best_ds_config.json"):
+        rd.read_best()
+    rd.best_metrics_path.unlink()
+    with pytest.raises(ConfigError, match="best_ds_metrics.json is missing"):
+        rd.read_best()
+
+
+def test_in_use_probes_the_lock_without_taking_it(tmp_path: pathlib.Path) -> None:
+    holder, other = RunDirectory(tmp_path), RunDirectory(tmp_path)
+    assert not other.in_use()
+    with holder:
+        assert other.in_use() and holder.in_use()
+        with pytest.raises(RunDirLockedError):
+            other.acquire()
+    assert not other.in_use()
+
+
+def test_a_run_directory_is_entered_once(tmp_path: pathlib.Path) -> None:
+    rd = RunDirectory(tmp_path)
+    with rd, pytest.raises(RuntimeError, match="entered already"), rd:
+        pass
+    assert not rd.locked

@@ -1,0 +1,264 @@
+"""The phases of a search, as wrappers around the policy's search (as Ray Tune's
+``ConcurrencyLimiter`` wraps a searcher).
+
+:class:`PolicySearch` turns a policy's proposals into trial specs until the policy stops,
+its space is exhausted or its share of the budget is spent. :class:`WithConfirmation`
+keeps ``k`` trials of the budget back and, once the search has ended, re-measures the top
+``k`` configurations and picks the best median. :class:`WithBaseline` measures the user's
+own ds_config once the model profile is in, keeping one trial back until then.
+
+Each phase answers ``ask(limit, reserve)``: up to ``limit`` specs to start now, leaving
+``reserve`` trials of the budget to the phases around it; room is always
+``Tracker.capacity(reserve)``. A phase's ``end_reason`` is set once it, and everything it
+wraps, will ask for nothing more.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+
+from determined_dsat.methods.base import Proposal, SearchPolicy
+from determined_dsat.methods.confirm import confirm, top_configs
+from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.trials.records import TrialKind, TrialRecord, TrialSpec
+from determined_dsat.trials.specs import baseline_spec
+from determined_dsat.trials.tracker import Tracker
+
+EXHAUSTED = "the search space is exhausted"
+BUDGET_SPENT = "every trial of the search budget has run"
+
+
+_REQUEST_NAMESPACE = uuid.UUID("6c1b3f0e-9a52-4b8e-8f3e-2d6a3c9f7b10")
+
+
+class RequestIds:
+    """Request ids derived from the seed and a counter, so a resumed search issues the same."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.next_seq = 0
+
+    def new(self) -> str:
+        """The next request id (``next_seq`` is then its sequence number)."""
+        self.next_seq += 1
+        return str(uuid.uuid5(_REQUEST_NAMESPACE, f"{self.seed}/{self.next_seq}"))
+
+
+class Phase(abc.ABC):
+    """One layer of the search: proposes specs, and hears of every finished trial."""
+
+    @abc.abstractmethod
+    def ask(self, limit: int, reserve: int) -> list[TrialSpec]:
+        """Up to ``limit`` specs to start now (already added to the tracker)."""
+
+    @abc.abstractmethod
+    def end_reason(self) -> str | None:
+        """Why this phase (and all it wraps) will ask for nothing more; None while it may."""
+
+    def tell(self, record: TrialRecord) -> None:  # noqa: B027 - most phases need nothing
+        """A trial finished (its record is in the tracker)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027
+        """Restore :meth:`state_dict`."""
+
+
+class PolicySearch(Phase):
+    """The policy's own search: its proposals as search-trial specs."""
+
+    def __init__(
+        self,
+        policy: SearchPolicy,
+        space: ConfigSpace,
+        tracker: Tracker,
+        rng: np.random.Generator,
+        ids: RequestIds,
+    ) -> None:
+        self.policy = policy
+        self.space = space
+        self.tracker = tracker
+        self.rng = rng
+        self.ids = ids
+        self._end: str | None = None
+
+    def end_reason(self) -> str | None:
+        return self._end
+
+    def ask(self, limit: int, reserve: int) -> list[TrialSpec]:
+        tracker = self.tracker
+        spent = tracker.limits.max_trials - reserve - tracker.num_created <= 0
+        reason = BUDGET_SPENT if spent else self.policy.stop_reason(tracker)
+        if reason is None:
+            room = min(limit, tracker.capacity(reserve))
+            if room <= 0:
+                return []  # no room right now (other trials run): not the end of the search
+            proposals = self.policy.propose(tracker, room, self.rng)
+            if len(proposals) > room:
+                raise RuntimeError(
+                    f"search policy {self.policy.name!r} proposed {len(proposals)} trials "
+                    f"when asked for at most {room}"
+                )
+            specs = [self._spec_from(p) for p in proposals]
+            if specs:
+                return specs
+            reason = EXHAUSTED
+        if tracker.running_of(TrialKind.SEARCH) == 0:
+            # Running search trials report before the search is called over.
+            self._end = reason
+        return []
+
+    def tell(self, record: TrialRecord) -> None:
+        if record.spec.kind is TrialKind.SEARCH:
+            self.policy.observe(self.tracker, record)
+
+    def _spec_from(self, proposal: Proposal) -> TrialSpec:
+        spec = TrialSpec(
+            request_id=self.ids.new(),
+            kind=TrialKind.SEARCH,
+            mbs=proposal.mbs,
+            gas=self.space.grid.batch_config(proposal.mbs).gradient_accumulation_steps,
+            zero=dict(proposal.zero),
+            lineage_id=proposal.lineage_id,
+            parent_id=proposal.parent_id,
+            bounds=proposal.bounds,
+            rung=proposal.rung,
+            seq=self.ids.next_seq,
+        )
+        self.tracker.add(spec)
+        return spec
+
+
+@attrs.define
+class _ConfirmState:
+    phase: str = "search"  # "search", "confirm" or "done"
+    targets: list[str] = attrs.field(factory=list)
+    queue: list[str] = attrs.field(factory=list)
+    search_end: str | None = None
+
+
+class WithConfirmation(Phase):
+    """Keeps ``k`` trials back for re-measuring the top ``k`` configurations at the end;
+    the winner is the one with the best median (``confirm.py``)."""
+
+    def __init__(self, inner: Phase, tracker: Tracker, ids: RequestIds, k: int) -> None:
+        self.inner = inner
+        self.tracker = tracker
+        self.ids = ids
+        self.k = k
+        self.state = _ConfirmState()
+
+    def end_reason(self) -> str | None:
+        return self.state.search_end if self.state.phase == "done" else None
+
+    @property
+    def phase(self) -> str:
+        return self.state.phase
+
+    def ask(self, limit: int, reserve: int) -> list[TrialSpec]:
+        specs: list[TrialSpec] = []
+        if self.state.phase == "search":
+            specs = self.inner.ask(limit, reserve + self.k)
+            ended = self.inner.end_reason()
+            if ended is not None:
+                self.state.search_end = ended
+                has_candidates = bool(top_configs(self.tracker, 1))
+                self.state.phase = "confirm" if self.k and has_candidates else "done"
+        if self.state.phase == "confirm":
+            specs += self._confirm(limit - len(specs), reserve)
+        return specs
+
+    def _confirm(self, limit: int, reserve: int) -> list[TrialSpec]:
+        state = self.state
+        if not state.targets:
+            state.targets = [r.spec.request_id for r in top_configs(self.tracker, self.k)]
+            state.queue = list(state.targets)
+        specs: list[TrialSpec] = []
+        room = min(limit, self.tracker.capacity(reserve))
+        while state.queue and len(specs) < room:
+            specs.append(self._remeasure(self.tracker[state.queue.pop(0)].spec))
+        if not state.queue and not self.tracker.running_of(TrialKind.CONFIRM) and not specs:
+            winner = confirm(self.tracker, state.targets)
+            if winner is not None:
+                self.tracker.set_winner(winner.record.spec.request_id, winner.metrics)
+            state.phase = "done"
+        return specs
+
+    def _remeasure(self, original: TrialSpec) -> TrialSpec:
+        spec = attrs.evolve(
+            original,
+            request_id=self.ids.new(),
+            kind=TrialKind.CONFIRM,
+            lineage_id=None,
+            parent_id=original.request_id,
+            seq=self.ids.next_seq,
+        )
+        self.tracker.add(spec)
+        return spec
+
+    def tell(self, record: TrialRecord) -> None:
+        self.inner.tell(record)
+
+    def remeasured(self) -> int:
+        """How many configurations were re-measured (0 before the confirmation phase)."""
+        return len(self.state.targets)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.state.phase,
+            "confirm_targets": list(self.state.targets),
+            "confirm_queue": list(self.state.queue),
+            "search_end": self.state.search_end,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.state = _ConfirmState(
+            phase=str(state.get("phase", "search")),
+            targets=list(state.get("confirm_targets", [])),
+            queue=list(state.get("confirm_queue", [])),
+            search_end=state.get("search_end"),
+        )
+
+
+class WithBaseline(Phase):
+    """Measures the user's own ds_config first, once the model profile is in."""
+
+    def __init__(
+        self, inner: Phase, space: ConfigSpace, tracker: Tracker, ids: RequestIds, enabled: bool
+    ) -> None:
+        self.inner = inner
+        self.space = space
+        self.tracker = tracker
+        self.ids = ids
+        self.enabled = enabled
+        self.created = False
+
+    def end_reason(self) -> str | None:
+        return self.inner.end_reason()
+
+    def ask(self, limit: int, reserve: int) -> list[TrialSpec]:
+        specs: list[TrialSpec] = []
+        pending = self.enabled and not self.created
+        if pending and self.tracker.profile is not None and self.tracker.capacity(reserve) >= 1:
+            spec = baseline_spec(self.space, self.ids.new())
+            self.tracker.add(spec)
+            self.created, pending = True, False
+            specs.append(spec)
+        return specs + self.inner.ask(limit - len(specs), reserve + int(pending))
+
+    def tell(self, record: TrialRecord) -> None:
+        self.inner.tell(record)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline_created": self.created, **self.inner.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.created = bool(state.get("baseline_created", False))
+        self.inner.load_state_dict(state)
