@@ -255,14 +255,17 @@ def test_durations_grow_with_the_micro_batch_and_the_model_size() -> None:
         assert 15 < durations[0] < 3600
         oom = ds_config(dict(best.zero), best.max_fit_mbs + 1)
         assert durations[-1] > land.oom_duration_s(oom) > land.startup_s(STAGE3_MBS1)
+    compared = 0
     for land in TUNING[:10]:
         spec = land.spec
-        deeper = TuningLandscape(
-            with_model(spec, attrs.evolve(spec.model, layers=2 * spec.model.layers))
-        )
+        deeper = with_model(spec, attrs.evolve(spec.model, layers=2 * spec.model.layers))
+        deep = TuningLandscape(deeper)
+        assert deep.startup_s(STAGE3_MBS1) > land.startup_s(STAGE3_MBS1)
         config = ds_config({"stage": 3}, 1)
-        assert deeper.expected_duration_s(config) > land.expected_duration_s(config)
-        assert deeper.startup_s(STAGE3_MBS1) > land.startup_s(STAGE3_MBS1)
+        if deep.true_throughput(config) is not None:
+            assert deep.expected_duration_s(config) > land.expected_duration_s(config)
+            compared += 1
+    assert compared >= 5
 
 
 def test_end_profile_step_sets_how_many_steps_a_trial_runs() -> None:
