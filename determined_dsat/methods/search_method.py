@@ -21,7 +21,7 @@ from determined_dsat.jsonio import write_json_atomic
 from determined_dsat.methods.driver import SearchDriver
 from determined_dsat.space.ds_config import trial_length
 from determined_dsat.trials.records import OUTCOME_KEY, Outcome, TrialKind, TrialResult, TrialSpec
-from determined_dsat.trials.specs import hparams_of
+from determined_dsat.trials.specs import best_ds_config_of, hparams_of
 
 METHOD_STATE_FILE = "dsat_method_state.json"
 """The method's state in a search runner's checkpoints (``SearchMethod.save``)."""
@@ -63,6 +63,12 @@ class DSATSearchMethod(searcher.SearchMethod):
     @property
     def failed(self) -> bool:
         return self.driver.failed
+
+    def best_ds_config(self) -> dict[str, Any] | None:
+        """The ds_config the search recommends now, complete and without the autotuning
+        section (what ``best_ds_config.json`` holds); None before any trial trained."""
+        best = self.tracker.best()
+        return None if best is None else best_ds_config_of(self.driver.space, best.spec)
 
     def note_outcome(self, request_id: str, result: TrialResult) -> None:
         """How a trial really ended (outcome, detail, duration), before the master's event:

@@ -23,7 +23,6 @@ from determined_dsat.space.experiment import Experiment
 from determined_dsat.store.run_dir import RunDirectory
 from determined_dsat.trials.records import Outcome, TrialKind, TrialRecord, TrialResult
 from determined_dsat.trials.search_outcome import SearchOutcome
-from determined_dsat.trials.specs import best_ds_config_of
 
 logger = logging.getLogger("determined_dsat")
 
@@ -139,7 +138,7 @@ class Session:
         if best is None or metrics is None:
             return
         self._best_key = (best.spec.request_id, json.dumps(metrics, sort_keys=True))
-        config = best_ds_config_of(self.space, best.spec)
+        config = self.method.best_ds_config() or {}
         try:
             pair = self.run_dir.read_best()
         except ConfigError as exc:
@@ -165,7 +164,7 @@ class Session:
         key = None if best is None else (best.spec.request_id, json.dumps(metrics, sort_keys=True))
         if best is not None and metrics is not None and key != self._best_key:
             self._best_key = key
-            self.run_dir.write_best(best_ds_config_of(self.space, best.spec), metrics)
+            self.run_dir.write_best(self.method.best_ds_config() or {}, metrics)
         label = None if best is None else console.best_label(best, self.settings.metric)
         self._bar.update(tracker.num_finished, tracker.num_running, label)
 
