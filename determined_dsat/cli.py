@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from determined_dsat.build import build_space
 from determined_dsat.cli_parser import PROG, RUNS_DIR, _check_minimums, build_parser
 from determined_dsat.errors import ConfigError, DsatError
 from determined_dsat.methods import registry
@@ -24,6 +25,7 @@ from determined_dsat.settings import Backend, OffloadTarget, SearchSettings
 from determined_dsat.space.batch import MicroBatchGrid, configured_gas
 from determined_dsat.space.experiment import Experiment, load_experiment
 from determined_dsat.space.metric import Metric
+from determined_dsat.space.user_batch import resolve_user_batch
 from determined_dsat.store import layout
 
 __all__ = ["build_parser", "main", "parse_settings"]
@@ -146,6 +148,12 @@ def _settings(argv: Sequence[str]) -> tuple[SearchSettings, str]:
         raise ConfigError(
             f"unrecognized arguments: {' '.join(unknown)} (see '{PROG} {a.method} --help')"
         )
+    return settings_from_args(a)
+
+
+def settings_from_args(a: argparse.Namespace) -> tuple[SearchSettings, str]:
+    """Validate a namespace of :func:`build_parser` (as upstream scripts hold one); also say
+    why the backend was chosen. Raises ``ConfigError``."""
     try:
         metric = Metric.parse(a.metric)
     except ValueError as e:
@@ -220,6 +228,10 @@ def _check_against_experiment(settings: SearchSettings, experiment: Experiment) 
             f"--max-slots {settings.max_slots} is less than resources.slots_per_trial "
             f"{experiment.slots_per_trial} in {experiment.config_path.name}: no trial could run"
         )
+    space = build_space(settings, experiment)
+    resolve_user_batch(
+        space.user_ds_config, experiment.slots_per_trial, experiment.ds_config_path.name
+    )
 
 
 def _saved_settings(requested: SearchSettings) -> SearchSettings:

@@ -162,4 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         for add in (_add_paths, _add_budget, _add_space, _add_runner, method.add_arguments):
             add(sub)
+        # Upstream's parser names the method ``search_method``; scripts read either name.
+        sub.set_defaults(search_method=name)
     return parser

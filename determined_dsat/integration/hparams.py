@@ -93,8 +93,13 @@ def get_ds_config_from_hparams(
     return merge_overwrites(_read_json_object(path), _overwrites_of(hparams))
 
 
-def get_dict_from_yaml_or_json_path(path: str | pathlib.Path) -> dict[str, Any]:
+def get_dict_from_yaml_or_json_path(
+    path: str | pathlib.Path, convert_json_keys_to_int: bool = True
+) -> dict[Any, Any]:
     """Load a YAML or JSON file (``.json`` suffix: JSON, else YAML) that must hold a mapping.
+
+    ``convert_json_keys_to_int``: top-level JSON keys that spell integers become ints, as
+    upstream's helper does (a JSON object's keys are always strings).
 
     Raises:
         ConfigError: the file cannot be read or parsed, or its top level is not a
@@ -110,7 +115,16 @@ def get_dict_from_yaml_or_json_path(path: str | pathlib.Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: cannot parse: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
+    if convert_json_keys_to_int and p.suffix.lower() == ".json":
+        return {_int_or_str(k): v for k, v in data.items()}
     return data
+
+
+def _int_or_str(key: str) -> int | str:
+    try:
+        return int(key)
+    except ValueError:
+        return key
 
 
 def get_random_zero_optim_config(

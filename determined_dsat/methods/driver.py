@@ -94,8 +94,11 @@ class SearchDriver:
         limit = self.tracker.limits.max_trials if capacity is None else capacity
         specs = self.root.ask(limit, 0)
         done = self.root.end_reason()
-        if done is not None and not specs and self.tracker.num_running == 0:
-            self.ending = Ending(self._final_message(done), failed=False)
+        if not specs and self.tracker.num_running == 0:
+            # With nothing running a phase that proposes nothing is done, whatever it says:
+            # waiting would wait forever.
+            reason = done or "no further trial fits within the limits"
+            self.ending = Ending(self._final_message(reason), failed=False)
         return specs
 
     def tell(self, request_id: str, result: TrialResult) -> None:
@@ -200,9 +203,38 @@ class SearchDriver:
 
 
 def _profile_failure(result: TrialResult) -> str:
-    detail = f" ({result.outcome.value}: {result.detail})" if result.detail else ""
-    detail = detail or f" ({result.outcome.value})"
+    """Why the profiling trial failed, in words: what its log shows, not a guess."""
+    outcome = result.outcome
+    if outcome is Outcome.OOM:
+        return (
+            "the profiling trial ran out of memory at train_micro_batch_size_per_gpu=1 "
+            "with your ZeRO settings: the model does not fit as configured (try ZeRO "
+            "stage 3 in your ds_config, or --offload)"
+        )
+    if outcome is Outcome.TIMEOUT:
+        return (
+            "the profiling trial timed out (see --trial-timeout); its log is in the run directory"
+        )
+    shown = last_error_line(result.detail)
+    return f"the profiling trial failed ({outcome.value}: {shown or 'no error in its log'})"
+
+
+def last_error_line(detail: str) -> str:
+    """The line of a failure's log that names the error: the last line of its last
+    traceback (``ModuleNotFoundError: No module named 'x'``), else its last line."""
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    after = max((i for i, line in enumerate(lines) if line.startswith("Traceback")), default=-1)
+    tail = lines[after + 1 :] if after >= 0 else lines
+    errors = [line for line in tail if _names_an_error(line)]
+    return (errors[-1] if errors else lines[-1])[:300]
+
+
+def _names_an_error(line: str) -> bool:
+    head = line.split(":", 1)[0]
     return (
-        f"the profiling trial failed{detail}; make sure your config trains with "
-        "train_micro_batch_size_per_gpu=1"
+        ":" in line
+        and head.replace(".", "").isidentifier()
+        and (head.endswith(("Error", "Exception", "Interrupt", "Exit")) or "Error" in head)
     )

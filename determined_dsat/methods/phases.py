@@ -145,8 +145,8 @@ class _ConfirmState:
 
 
 class WithConfirmation(Phase):
-    """Keeps ``k`` trials back for re-measuring the top ``k`` configurations at the end;
-    the winner is the one with the best median (``confirm.py``)."""
+    """Keeps up to ``k`` trials back for re-measuring the top ``k`` configurations at the
+    end; the winner is the one with the best median (``confirm.py``)."""
 
     def __init__(self, inner: Phase, tracker: Tracker, ids: RequestIds, k: int) -> None:
         self.inner = inner
@@ -165,7 +165,10 @@ class WithConfirmation(Phase):
     def ask(self, limit: int, reserve: int) -> list[TrialSpec]:
         specs: list[TrialSpec] = []
         if self.state.phase == "search":
-            specs = self.inner.ask(limit, reserve + self.k)
+            budget = self.tracker.limits.max_trials - reserve - self.tracker.num_created
+            could = self.tracker.num_scored_search + self.tracker.running_of(TrialKind.SEARCH)
+            room = _room_keeping(budget, self.k, could)
+            specs = self.inner.ask(min(limit, room), reserve + min(self.k, could))
             ended = self.inner.end_reason()
             if ended is not None:
                 self.state.search_end = ended
@@ -178,7 +181,11 @@ class WithConfirmation(Phase):
     def _confirm(self, limit: int, reserve: int) -> list[TrialSpec]:
         state = self.state
         if not state.targets:
-            state.targets = [r.spec.request_id for r in top_configs(self.tracker, self.k)]
+            # No more re-measurements than the budget has left (the reservation shrinks
+            # while few configurations have trained).
+            left = self.tracker.limits.max_trials - reserve - self.tracker.num_created
+            chosen = top_configs(self.tracker, max(0, min(self.k, left)))
+            state.targets = [r.spec.request_id for r in chosen]
             state.queue = list(state.targets)
         specs: list[TrialSpec] = []
         room = min(limit, self.tracker.capacity(reserve))
@@ -225,6 +232,26 @@ class WithConfirmation(Phase):
             queue=list(state.get("confirm_queue", [])),
             search_end=state.get("search_end"),
         )
+
+
+def _room_keeping(budget: int, k: int, could: int) -> int:
+    """How many search trials to start now so that ``budget`` still holds a
+    re-measurement for each configuration that may train: the most ``n`` with ``n +
+    min(k, could + n) <= budget`` (``could``: the search trials that trained or run), but
+    always one while the budget beyond the present reservation allows it.
+
+    The reservation never exceeds what may need re-measuring, so a search where little
+    trains spends its whole budget (upstream's tests: every trial failing still creates
+    ``max_trials`` trials), while trials started together do not eat the reservation they
+    would need themselves."""
+    free = budget - min(k, could)
+    if free <= 0:
+        return 0
+    if could >= k:
+        return free
+    # Until could + n reaches k, each new trial also grows the reservation by one.
+    below = min(k - could, (budget - could) // 2)
+    return max(below, budget - k, 1)
 
 
 class WithBaseline(Phase):

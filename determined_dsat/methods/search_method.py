@@ -21,6 +21,7 @@ from determined_dsat.jsonio import write_json_atomic
 from determined_dsat.methods.driver import SearchDriver
 from determined_dsat.space.ds_config import trial_length
 from determined_dsat.trials.records import OUTCOME_KEY, Outcome, TrialKind, TrialResult, TrialSpec
+from determined_dsat.trials.search_outcome import SearchOutcome
 from determined_dsat.trials.specs import best_ds_config_of, hparams_of
 
 METHOD_STATE_FILE = "dsat_method_state.json"
@@ -67,8 +68,26 @@ class DSATSearchMethod(searcher.SearchMethod):
     def best_ds_config(self) -> dict[str, Any] | None:
         """The ds_config the search recommends now, complete and without the autotuning
         section (what ``best_ds_config.json`` holds); None before any trial trained."""
-        best = self.tracker.best()
+        best = self.tracker.recommended()
         return None if best is None else best_ds_config_of(self.driver.space, best.spec)
+
+    def outcome(self) -> SearchOutcome:
+        """How the search stands (at its end: how it ended), for the summary."""
+        tracker = self.tracker
+        metrics = tracker.recommended_metrics()
+        best = tracker.recommended()
+        return SearchOutcome(
+            best=best,
+            message=self.stop_message or "the search ended",
+            failed=self.failed or best is None,
+            records=tuple(tracker.finished_records()),
+            best_metrics=metrics,
+            baseline=tracker.baseline_record,
+            measurements=int((metrics or {}).get("dsat_measurements", 1)),
+            stages=tuple(self.driver.space.stages),
+            search_best=tracker.best(),
+            search_best_metrics=tracker.best_metrics(),
+        )
 
     def note_outcome(self, request_id: str, result: TrialResult) -> None:
         """How a trial really ended (outcome, detail, duration), before the master's event:
@@ -147,7 +166,7 @@ class DSATSearchMethod(searcher.SearchMethod):
     def _shutdown(self) -> searcher.Shutdown:
         self.shutdown_sent = True
         ending = self.driver.ending
-        failed = (ending is not None and ending.failed) or self.tracker.best() is None
+        failed = (ending is not None and ending.failed) or self.tracker.recommended() is None
         return searcher.Shutdown(cancel=ending is not None and ending.cancel, failure=failed)
 
     # ----- persistence -----

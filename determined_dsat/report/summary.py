@@ -75,8 +75,16 @@ def render_summary(
     metric: Metric,
     best_config_path: pathlib.Path | None,
     best_metrics_path: pathlib.Path | None,
+    recommended: TrialRecord | None = None,
+    stages_asked: Sequence[int] = (),
+    ended: str = "",
 ) -> str:
-    """A plain-text end-of-search report: counts, best per ZeRO stage, overall best, files."""
+    """A plain-text end-of-search report: counts, best per ZeRO stage, overall best, files.
+
+    ``recommended``: what the search recommends (its confirmed winner, or the baseline
+    trial when nothing searched beat it); by default the best single search trial.
+    ``stages_asked``: the ZeRO stages the search was to try; those it never tried are
+    named with why (``ended``: the search's stop message)."""
     search = [r for r in records if r.spec.kind is TrialKind.SEARCH]
     profile = [r for r in records if r.spec.kind is TrialKind.PROFILE]
     direction = "smaller" if metric.smaller_is_better else "larger"
@@ -88,8 +96,10 @@ def render_summary(
         counts += f"; profile trials: {len(profile)} ({_outcome_counts(profile)})"
     lines.append(counts)
 
-    overall = best_record(records, metric)
+    overall = best_record(records, metric) if recommended is None else recommended
     per_stage = best_by_stage(records, metric)
+    if overall is not None and overall.spec.kind is TrialKind.SEARCH:
+        per_stage[overall.spec.stage] = overall  # the confirmed winner stands for its stage
     stages = sorted({r.spec.stage for r in search})
     if stages:
         headers = ["", "stage", "mbs", "gas", metric.value, "trial", "oom", "error"]
@@ -113,22 +123,36 @@ def render_summary(
                     format_metric(metric, value),
                     _trial_no(best),
                 ]
-            mark = "*" if best is not None and best is overall else ""
+            mark = "*" if best is not None and overall is not None and _same(best, overall) else ""
             rows.append([mark, f"z{stage}", *cells, str(ooms), str(errors)])
         lines.append("")
         lines.extend(_table(headers, rows))
         note = "error counts crashes and timeouts"
-        lines.append(f"({note}; * marks the overall best)" if overall else f"({note})")
+        starred = any(row[0] == "*" for row in rows)
+        lines.append(f"({note}; * marks the overall best)" if starred else f"({note})")
+    untried = sorted(set(stages_asked) - set(stages))
+    if untried:
+        names = ", ".join(f"z{s}" for s in untried)
+        why = (
+            "the trial budget ran out before the search reached them"
+            if "budget" in ended or "time" in ended
+            else "the search ruled them out: other stages fit and were expected to be faster"
+        )
+        lines.append(f"ZeRO stages asked for but never tried: {names} ({why}).")
 
     lines.append("")
     overall_value = None if overall is None else metric_value(overall, metric)
     if overall is None or overall_value is None:
         lines.append("No configuration succeeded; no best ds_config was written.")
     else:
+        own = overall.spec.kind is TrialKind.BASELINE
+        what = "your own ds_config.json, " if own else ""
         lines.append(
-            f"Best: {describe_trial(overall)}: {format_metric(metric, overall_value)} "
+            f"Best: {what}{describe_trial(overall)}: {format_metric(metric, overall_value)} "
             f"(trial {_trial_no(overall)})"
         )
+        if own:
+            lines.append("  No searched configuration beat your ds_config.json.")
         for label, path in (
             ("best_ds_config.json", best_config_path),
             ("best_ds_metrics.json", best_metrics_path),
@@ -136,6 +160,10 @@ def render_summary(
             shown = path if path is not None else "(not written)"
             lines.append(f"  {label + ':':<22}{shown}")
     return "\n".join(lines) + "\n"
+
+
+def _same(a: TrialRecord, b: TrialRecord) -> bool:
+    return a.spec.request_id == b.spec.request_id
 
 
 def _trial_no(record: TrialRecord) -> str:
@@ -152,6 +180,9 @@ def print_summary(metric: Metric, run_dir: RunDirectory, outcome: SearchOutcome)
             metric,
             run_dir.best_config_path if found else None,
             run_dir.best_metrics_path if found else None,
+            recommended=outcome.best,
+            stages_asked=outcome.stages,
+            ended=outcome.message,
         )
     )
     for line in verdict_lines(metric, outcome):
@@ -170,6 +201,18 @@ def verdict_lines(metric: Metric, outcome: SearchOutcome) -> list[str]:
         )
     baseline = outcome.baseline
     if baseline is None or baseline.result is None:
+        return lines
+    if outcome.best is not None and _same(outcome.best, baseline):
+        searched = _value(outcome.search_best_metrics, metric.value)
+        text = (
+            "nothing searched trained"
+            if searched is None
+            else (f"the best searched one ran {format_metric(metric, searched)}")
+        )
+        lines.append(
+            f"No searched configuration beat your ds_config.json ({text}); "
+            "best_ds_config.json is your own configuration."
+        )
         return lines
     if not baseline.result.outcome.succeeded:
         lines.append(

@@ -134,7 +134,7 @@ class Session:
     def _restore_best(self) -> None:
         """Check the best pair on disk against the saved state; rewrite it when a crash
         left it inconsistent, missing or behind."""
-        best, metrics = self.method.tracker.best(), self.method.tracker.best_metrics()
+        best, metrics = self.method.tracker.recommended(), self.method.tracker.recommended_metrics()
         if best is None or metrics is None:
             return
         self._best_key = (best.spec.request_id, json.dumps(metrics, sort_keys=True))
@@ -160,7 +160,7 @@ class Session:
             self.run_dir.append_trial(record, overwrites)
             self._already_logged.add(trial.request_id)
             logger.info("%s", _describe_result(record, self.settings))
-        best, metrics = tracker.best(), tracker.best_metrics()
+        best, metrics = tracker.recommended(), tracker.recommended_metrics()
         key = None if best is None else (best.spec.request_id, json.dumps(metrics, sort_keys=True))
         if best is not None and metrics is not None and key != self._best_key:
             self._best_key = key
@@ -182,17 +182,7 @@ class Session:
         )
 
     def _outcome(self) -> SearchOutcome:
-        tracker = self.method.tracker
-        metrics = tracker.best_metrics()
-        return SearchOutcome(
-            best=tracker.best(),
-            message=self.method.stop_message or "the search ended",
-            failed=self.method.failed or tracker.best() is None,
-            records=tuple(tracker.finished_records()),
-            best_metrics=metrics,
-            baseline=tracker.baseline_record,
-            measurements=int((metrics or {}).get("dsat_measurements", 1)),
-        )
+        return self.method.outcome()
 
 
 def _completion_from_line(line: Mapping[str, Any], trial: EngineTrial) -> Completion:

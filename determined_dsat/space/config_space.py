@@ -13,6 +13,7 @@ from determined_dsat.space import ds_config as dsc
 from determined_dsat.space.batch import BatchConfig, MicroBatchGrid, SearchBounds, configured_gas
 from determined_dsat.space.knobs import knobs_for_stage, offload_of, sample_zero_config
 from determined_dsat.space.memory import MemoryModel, ModelProfile, Offload, Precision
+from determined_dsat.space.user_batch import resolve_user_batch
 
 
 @attrs.frozen
@@ -32,6 +33,8 @@ class ConfigSpace:
     offload_optimizer: bool = False
     offload_param: bool = False
     mbs_tolerance: float = 0.0
+    hf_batch: tuple[int, int] | None = None
+    """(micro-batch, gas) a Hugging Face Trainer fills ``"auto"`` batch values with."""
 
     @property
     def precision(self) -> Precision:
@@ -99,12 +102,14 @@ class ConfigSpace:
 
     @property
     def user_batch(self) -> tuple[int, int]:
-        """(micro-batch, gradient accumulation) of the user's own ds_config."""
+        """(micro-batch, gradient accumulation) the user's own ds_config runs with, as
+        DeepSpeed resolves them; the smallest micro-batch when it gives neither
+        ``train_batch_size`` nor ``train_micro_batch_size_per_gpu``."""
         user = self.user_ds_config
-        mbs = user.get("train_micro_batch_size_per_gpu")
-        if isinstance(mbs, bool) or not isinstance(mbs, int) or mbs < 1:
-            mbs = self.grid.min_mbs
-        return mbs, configured_gas(user)
+        batch = resolve_user_batch(user, self.grid.slots, "ds_config", self.hf_batch)
+        if batch is None:
+            return self.grid.min_mbs, configured_gas(user)
+        return batch.train_micro_batch_size_per_gpu, batch.gradient_accumulation_steps
 
     @property
     def user_zero(self) -> dict[str, Any]:

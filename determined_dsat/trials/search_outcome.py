@@ -12,9 +12,11 @@ from determined_dsat.trials.records import TrialRecord
 
 @attrs.frozen
 class SearchOutcome:
-    """The best record (if any), why the search stopped, whether it failed, every finished
-    record, the best's metrics (medians once confirmed), the baseline trial and how many
-    measurements the best's metrics summarise."""
+    """The recommended record (the search's best, or the baseline when nothing searched
+    beat it), why the search stopped, whether it failed, every finished record, the
+    recommendation's metrics (medians once confirmed), the baseline trial, how many
+    measurements the metrics summarise, the ZeRO stages the search was asked to try and
+    the search's own best (which the baseline may beat)."""
 
     best: TrialRecord | None
     message: str
@@ -23,3 +25,6 @@ class SearchOutcome:
     best_metrics: Mapping[str, Any] | None = None
     baseline: TrialRecord | None = None
     measurements: int = 1
+    stages: tuple[int, ...] = ()
+    search_best: TrialRecord | None = None
+    search_best_metrics: Mapping[str, Any] | None = None

@@ -57,6 +57,7 @@ class Tracker:
         self._max_ok_mbs_by_stage: dict[int, int] = {}
         self._oom_mbs_by_stage: dict[int, list[int]] = {}
         self._trials_since_best = 0
+        self._scored_search = 0
         self._profile_id: str | None = None
         self._baseline_id: str | None = None
         self._confirmations: dict[str, list[str]] = {}
@@ -103,6 +104,7 @@ class Tracker:
             if self._best_id is not None:
                 self._trials_since_best += 1
             return
+        self._scored_search += 1
         stage = record.spec.stage
         self._max_ok_mbs_by_stage[stage] = max(
             self._max_ok_mbs_by_stage.get(stage, 0), record.spec.mbs
@@ -191,6 +193,25 @@ class Tracker:
         best = self.best()
         return None if best is None or best.result is None else dict(best.result.metrics)
 
+    def recommended(self) -> TrialRecord | None:
+        """The configuration to train with: the search's best (its confirmed winner once
+        there is one), unless the user's own ds_config (the baseline trial) trained and
+        scored higher, or was the only one that trained."""
+        best, baseline = self.best(), self.baseline_record
+        base_score = None if baseline is None else self.score(baseline)
+        if base_score is None:
+            return best
+        best_metrics = self.best_metrics()
+        best_score = None if best_metrics is None else self.metric.score_of(best_metrics)
+        return baseline if best_score is None or base_score > best_score else best
+
+    def recommended_metrics(self) -> dict[str, Any] | None:
+        """The metrics to report for :meth:`recommended`."""
+        pick = self.recommended()
+        if pick is None or pick.spec.kind is not TrialKind.BASELINE:
+            return self.best_metrics()
+        return None if pick.result is None else dict(pick.result.metrics)
+
     def set_winner(self, request_id: str, metrics: Mapping[str, Any]) -> None:
         """Record the confirmed winner (a search trial) and its median metrics."""
         self._winner = (request_id, dict(metrics))
@@ -235,6 +256,11 @@ class Tracker:
         ooms = self._oom_mbs_by_stage.get(stage, [])
         i = 0 if max_ok is None else bisect.bisect_right(ooms, max_ok)
         return max_ok, (ooms[i] if i < len(ooms) else None)
+
+    @property
+    def num_scored_search(self) -> int:
+        """Search trials that trained and reported the metric."""
+        return self._scored_search
 
     @property
     def trials_since_best(self) -> int:

@@ -134,7 +134,7 @@ class ClusterSearchRunner(searcher.RemoteSearchRunner):
     def _write_results(self, path: pathlib.Path) -> None:
         self.results.write(path)
         tracker = self.method.tracker
-        best, metrics = tracker.best(), tracker.best_metrics()
+        best, metrics = tracker.recommended(), tracker.recommended_metrics()
         if best is not None and metrics is not None:
             write_best(path, best_ds_config_of(self.space, best.spec), dict(metrics))
         if self.full_experiment_id is not None:
@@ -148,7 +148,7 @@ class ClusterSearchRunner(searcher.RemoteSearchRunner):
     def _report_best(self) -> None:
         """Show the best metric so far in the runner experiment's metrics (Web UI)."""
         tracker = self.method.tracker
-        best, metrics = tracker.best(), tracker.best_metrics()
+        best, metrics = tracker.recommended(), tracker.recommended_metrics()
         if best is None or metrics is None or self.context.distributed.rank != 0:
             return
         key = f"{best.spec.request_id}:{json.dumps(metrics, sort_keys=True, default=str)}"
@@ -178,7 +178,7 @@ class ClusterSearchRunner(searcher.RemoteSearchRunner):
         if self.full_experiment_id is not None:
             logger.info("the full experiment %d exists already", self.full_experiment_id)
             return self.full_experiment_id
-        best = self.method.tracker.best()
+        best = self.method.tracker.recommended()
         if best is None:
             logger.warning("no trial succeeded: no full experiment to run")
             return None
@@ -222,7 +222,7 @@ def run_on_cluster(
     includes = [*settings.include, package_dir()]
     trials_id = runner.run(custom, model_dir=str(experiment.model_dir), includes=includes)
     tracker = method.tracker
-    best = tracker.best()
+    best = tracker.recommended()
     logger.info(
         "search finished: %s; %d trials; best: %s",
         method.stop_message or "the search ended",
