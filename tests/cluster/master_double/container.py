@@ -12,14 +12,18 @@ In it, as the master's trial entrypoint script does:
 2. ``python3 -m determined.exec.launch`` checks the checkpoint storage and runs the
    experiment config's ``entrypoint`` with ``sh -c``.
 
-The image is this machine's Python environment (``python3`` is the interpreter running
-the tests), without ``PYTHONPATH``: a trial imports what its upload and the environment
-hold, as on a cluster. Checkpoint storage must be reachable under the same path inside
-and outside (e.g. ``type: directory`` in a temporary directory).
+The image is this machine's Python environment: ``python3`` and ``deepspeed`` run the
+interpreter running the tests (through small wrappers: putting its whole ``bin`` first on
+``PATH`` would also swap the machine's ``ninja`` for the environment's, whose newer log
+format makes every other process rebuild the DeepSpeed ops), without ``PYTHONPATH``: a
+trial imports what its upload and the environment hold, as on a cluster. Checkpoint
+storage must be reachable under the same path inside and outside (e.g. ``type:
+directory`` in a temporary directory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -41,14 +45,31 @@ _BOOT = (
 )
 
 
+def image_bin(directory: pathlib.Path) -> pathlib.Path:
+    """``directory`` with ``python3``, ``python`` and ``deepspeed`` running this environment."""
+    directory.mkdir(parents=True, exist_ok=True)
+    env_bin = pathlib.Path(sys.executable).parent
+    targets = {"python3": sys.executable, "python": sys.executable}
+    targets["deepspeed"] = str(env_bin / "deepspeed")
+    for name, target in targets.items():
+        wrapper = directory / name
+        wrapper.write_text(f'#!/bin/sh\nexec "{target}" "$@"\n')
+        wrapper.chmod(0o755)
+    return directory
+
+
 def container_env(
-    master: MasterDouble, task: RunnerTask, extra: Mapping[str, str] | None = None
+    master: MasterDouble,
+    task: RunnerTask,
+    bin_dir: pathlib.Path,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment the agent gives ``task``'s container (0.37's ``DET_*`` variables)."""
+    """The environment the agent gives ``task``'s container (0.37's ``DET_*`` variables),
+    with ``bin_dir`` (see ``image_bin``) first on ``PATH``."""
     slots = int((task.config.get("resources") or {}).get("slots_per_trial", 1))
     env = {k: v for k, v in os.environ.items() if not k.startswith("DET_") and k != "PYTHONPATH"}
     env.update(
-        PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         DET_MASTER=master.url,
         DET_CLUSTER_ID=CLUSTER_ID,
         DET_AGENT_ID="master-double-agent",
@@ -100,9 +121,22 @@ class TrialContainer:
             ) from None
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        """SIGKILL every process of the container's session (ninja gives each of the
+        compilers of a DeepSpeed op build its own process group)."""
+        for pid in _session_members(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == sid:  # field 6 of proc_pid_stat(5): the session id
+                members.append(int(stat.parent.name))
+    return members
 
 
 def start_container(
@@ -123,7 +157,7 @@ def start_container(
         proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", _BOOT, str(run_dir)],
             cwd=work_dir,
-            env=container_env(master, task, extra_env),
+            env=container_env(master, task, image_bin(base_dir / "bin"), extra_env),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
