@@ -2,11 +2,16 @@
 ``determined.pytorch.dsat`` (gone after determined 0.37).
 
 ``python3 -m determined_dsat.integration.trial_driver model_def:MyTrial`` builds the
-trial the way Determined's harness does and runs Determined's own DeepSpeed trial
-controller. Dsat mode is ours: the ``_use_dsat_mode`` flag is taken out of the
-hyperparameters the controller sees (so it never reaches for ``determined.pytorch.dsat``),
-and the controller runs inside :func:`dsat_reporting_context`, which reports what
-DeepSpeed's autotuning hooks write before they exit the process.
+trial the way Determined's harness does (``core.init`` in ``ChiefOnly`` preemption and
+``MANUAL`` TensorBoard mode) and runs Determined's own DeepSpeed trial controller. Dsat
+mode (the ``_use_dsat_mode`` hyperparameter, which the controller never sees: it would
+reach for ``determined.pytorch.dsat``) is ours: the controller sets up the trial as
+always, then, instead of its workload loop, trains the first searcher operation one
+batch at a time inside :func:`dsat_reporting_context`, which reports what DeepSpeed's
+autotuning hooks write before they exit the process and completes that operation. The
+operation is the real one (``/api/v1/trials/{id}/searcher/operation`` on a cluster, the
+local stand-in's otherwise), so the custom searcher gets ``validationCompleted`` with
+DeepSpeed's metrics. Without dsat mode (a full experiment) the controller runs as usual.
 
 The same module is the trial entrypoint everywhere: the local runner starts it through
 ``bootstrap`` (which provides stand-ins for the cluster info and Core API context), and
@@ -24,6 +29,7 @@ from typing import Any
 
 import attrs
 
+from determined_dsat.errors import ConfigError
 from determined_dsat.integration.local_context import LOCAL_CLUSTER_ID
 from determined_dsat.integration.reporting import dsat_reporting_context
 from determined_dsat.space.ds_config import USE_DSAT_MODE_KEY
@@ -32,13 +38,14 @@ _USAGE = "usage: python3 -m determined_dsat.integration.trial_driver MODULE:Tria
 
 
 @attrs.frozen
-class _Length:
-    """The trial's searcher operation as ``dsat_reporting_context`` needs it."""
+class _NoOperation:
+    """Stands for the operation outside dsat mode: the controller completes the real one;
+    ``dsat_reporting_context`` only reports an out-of-memory error."""
 
-    length: int
+    length: int = 0
 
     def report_completed(self, _: Any) -> None:
-        """The controller completes the real operation; nothing to do here."""
+        """Nothing to complete: the controller does."""
 
 
 def _experiment_config(info: Any) -> dict[str, Any]:
@@ -48,6 +55,10 @@ def _experiment_config(info: Any) -> dict[str, Any]:
     config.setdefault("min_checkpoint_period", {"batches": 0})
     config.setdefault("optimizations", {})
     return config
+
+
+def _dsat_mode(info: Any) -> bool:
+    return bool(info.trial.hparams.get(USE_DSAT_MODE_KEY, False))
 
 
 def _hparams(info: Any) -> dict[str, Any]:
@@ -104,6 +115,35 @@ def _env_fields(info: Any) -> dict[str, Any]:
     }
 
 
+def _train_first_operation(controller: Any) -> None:
+    """Dsat mode's training loop (replaces the controller's ``_run``): one batch at a time
+    until DeepSpeed's autotuning exits, inside the reporting context of the first searcher
+    operation. Every rank asks for the operation (the chief gets it from the master)."""
+    core_context = controller.context._core
+    op = next(iter(core_context.searcher.operations()))
+    with dsat_reporting_context(core_context, op):
+        for _ in range(op.length):
+            steps = controller.steps_completed
+            controller._train_for_step(
+                step_id=steps + 1, num_batches=1, total_batches_processed=steps
+            )
+    raise ConfigError(
+        f"the trial trained its whole searcher operation ({op.length} batches) but "
+        "DeepSpeed's autotuning did not end it: overwrite_deepspeed_args.autotuning must "
+        f"be enabled with end_profile_step below {op.length}"
+    )
+
+
+def _in_dsat_mode(controller_class: type) -> type:
+    """``controller_class`` with dsat mode's training loop (set-up and callbacks kept)."""
+
+    class DsatModeController(controller_class):  # type: ignore[valid-type, misc]
+        def _run(self) -> None:
+            _train_first_operation(self)
+
+    return DsatModeController
+
+
 def run(entrypoint: str) -> None:
     """Run the Trial class named ``module:Class`` to the end of its searcher operation."""
     import determined as det
@@ -118,14 +158,23 @@ def run(entrypoint: str) -> None:
     controller_class = load.get_trial_controller_class(trial_class)
     controller_class.pre_execute_hook(env, det._DistributedBackend())
     distributed = core.DistributedContext.from_deepspeed()
-    with core.init(distributed=distributed, preempt_mode=core.PreemptMode.ChiefOnly) as context:
+    dsat_mode = _dsat_mode(info)
+    if dsat_mode:
+        controller_class = _in_dsat_mode(controller_class)
+    with core.init(
+        distributed=distributed,
+        preempt_mode=core.PreemptMode.ChiefOnly,
+        tensorboard_mode=core.TensorboardMode.MANUAL,
+    ) as context:
         trial_context = trial_class.trial_context_class(context, env)
         trial_context.set_enable_tensorboard_logging(False)  # type: ignore[attr-defined]
         trial = trial_class(trial_context)
         controller = controller_class.from_trial(trial_inst=trial, context=trial_context, env=env)
-        length = context.searcher._length if hasattr(context.searcher, "_length") else 0
-        with dsat_reporting_context(context, _Length(length)):
+        if dsat_mode:
             controller.run()
+        else:
+            with dsat_reporting_context(context, _NoOperation()):
+                controller.run()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The master double (``master_double.py``) follows the custom-searcher protocol.
+"""The master double (the ``master_double`` package) follows the custom-searcher protocol.
 
 Every test talks to the double over real HTTP with Determined 0.37's own client code:
 ``determined.common.api.bindings``, ``determined.experimental.client``,
