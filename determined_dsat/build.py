@@ -24,6 +24,7 @@ def build_space(settings: SearchSettings, experiment: Experiment) -> ConfigSpace
         default_gas=configured_gas(experiment.ds_config),
         train_batch_size=settings.train_batch_size,
         divisible_by=settings.divisible_by,
+        mbs_cap=settings.max_mbs,
     )
     return ConfigSpace(
         base_ds_config=experiment.ds_config,

@@ -136,7 +136,8 @@ def _check_profile_steps(a: argparse.Namespace) -> None:
 _AS_GIVEN = (
     "max_trials", "max_concurrent_trials", "max_slots", "run_full_experiment", "random_seed",
     "start_profile_step", "end_profile_step", "max_search_runner_restarts", "train_batch_size",
-    "divisible_by", "trial_memory_limit",
+    "divisible_by", "trial_memory_limit", "replay_errors_as_trials",
+    "full_experiment_memory_limit", "max_mbs",
 )  # fmt: skip
 """``SearchSettings`` fields taken from the flags of the same name as they are."""
 
@@ -197,12 +198,19 @@ def settings_from_args(a: argparse.Namespace) -> tuple[SearchSettings, str]:
         offload=_offload(a.offload, stages),
         resume=resume,
         trial_timeout_s=a.trial_timeout,
+        full_experiment_timeout_s=_seconds("--full-experiment-timeout", a.full_experiment_timeout),
         mbs_tolerance=_tolerance(a.mbs_tolerance),
         baseline=not a.no_baseline,
         confirm_top=a.confirm_top,
         **{name: getattr(a, name) for name in _AS_GIVEN},
     )
     return settings, why
+
+
+def _seconds(flag: str, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag} must be a positive number of seconds, got {value}")
+    return value
 
 
 def _tolerance(value: float) -> float:
@@ -222,6 +230,7 @@ def _check_against_experiment(settings: SearchSettings, experiment: Experiment) 
         default_gas=configured_gas(experiment.ds_config),
         train_batch_size=settings.train_batch_size,
         divisible_by=settings.divisible_by,
+        mbs_cap=settings.max_mbs,
     )
     if settings.max_slots is not None and settings.max_slots < experiment.slots_per_trial:
         raise ConfigError(

@@ -88,6 +88,9 @@ def _add_space(p: argparse.ArgumentParser) -> None:
         "per micro-batch (default: the global batch follows the micro-batch)",
         type=int, metavar="N",
     )  # fmt: skip
+    _opt(p, "--max-mbs", "never try a micro-batch above N, with any method (like DeepSpeed's "
+         "max_train_micro_batch_size_per_gpu; default: no cap)", type=int,
+         metavar="N")  # fmt: skip
     _opt(p, "--divisible-by", "only try micro-batch sizes that are multiples of N", type=int,
          default=1, metavar="N")  # fmt: skip
     _opt(p, "--no-baseline", "do not measure your own ds_config as a baseline trial",
@@ -115,6 +118,15 @@ def _add_runner(p: argparse.ArgumentParser) -> None:
          metavar="RUN_DIR")  # fmt: skip
     _opt(p, "--replay-source", "with --backend replay: recorded results as a JSON file or "
          "as path/to/file.py:function", metavar="SRC")  # fmt: skip
+    _opt(p, "--full-experiment-timeout", "local backend, with --run-full-experiment: stop the "
+         "full training after this many seconds (default: no limit; --trial-timeout does not "
+         "apply to it)", type=float, metavar="SECONDS")  # fmt: skip
+    _opt(p, "--full-experiment-memory-limit", "local backend, with --run-full-experiment: cap "
+         "each process of the full training at this many MiB (default: no cap; "
+         "--trial-memory-limit does not apply to it)", type=int, metavar="MIB")  # fmt: skip
+    _opt(p, "--replay-errors-as-trials", "with a replay function: record an exception it raises "
+         "(other than MemoryError, an OOM) as a failed trial instead of stopping with an error",
+         action="store_true")  # fmt: skip
     _opt(p, "--search-runner-config", "alternative search runner config (advanced)",
          metavar="PATH")  # fmt: skip
     _opt(p, "--max-search-runner-restarts", "how often the cluster may restart the search "
@@ -133,7 +145,8 @@ def _add_runner(p: argparse.ArgumentParser) -> None:
 _MINIMUM = {
     "max_trials": 2, "max_concurrent_trials": 1, "max_slots": 1, "train_batch_size": 1,
     "divisible_by": 1, "max_search_runner_restarts": 0, "start_profile_step": 1,
-    "trial_memory_limit": 1, "confirm_top": 0,
+    "trial_memory_limit": 1, "confirm_top": 0, "full_experiment_memory_limit": 1,
+    "max_mbs": 1,
 }  # fmt: skip
 """The least value of each shared integer flag (by dest) that has one; ``None`` means not
 given. Each method checks its own flags (``read_options`` of its ``MethodSpec``)."""

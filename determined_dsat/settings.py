@@ -69,12 +69,16 @@ class SearchSettings:
     search_runner_config: pathlib.Path | None = None
     max_search_runner_restarts: int = DEFAULT_MAX_SEARCH_RUNNER_RESTARTS
     replay_source: str | None = None
+    replay_errors_as_trials: bool = False
     train_batch_size: int | None = None
     divisible_by: int = 1
+    max_mbs: int | None = None
     offload: frozenset[OffloadTarget] = frozenset()
     resume: bool = False
     trial_timeout_s: float = DEFAULT_TRIAL_TIMEOUT_S
     trial_memory_limit: int | None = None
+    full_experiment_timeout_s: float | None = None
+    full_experiment_memory_limit: int | None = None
     mbs_tolerance: float = DEFAULT_MBS_TOLERANCE
     # Off for library use (benchmarks drive search methods alone); the CLI turns both on.
     baseline: bool = False

@@ -46,6 +46,9 @@ class DSATSearchMethod(searcher.SearchMethod):
             super().__init__()
         self.driver = driver
         self.shutdown_sent = False
+        # Created and not yet closed by the master: a Shutdown waits for every trialClosed,
+        # or the master may end the experiment while events are still to be answered.
+        self._open: set[str] = set()
         self._noted: dict[str, TrialResult] = {}
 
     # ----- what runners and reports read -----
@@ -139,6 +142,7 @@ class DSATSearchMethod(searcher.SearchMethod):
         return []
 
     def on_trial_closed(self, searcher_state: searcher.SearcherState, request_id: uuid.UUID) -> Ops:
+        self._open.discard(str(request_id))
         self.driver.abandon(str(request_id), "closed before it reported")
         if self.shutdown_sent:
             return []
@@ -146,7 +150,8 @@ class DSATSearchMethod(searcher.SearchMethod):
             ops = self._launch(self.driver.ask(), trial_length(self.driver.space.end_profile_step))
             if ops or self.driver.ending is None:
                 return ops
-        return [self._shutdown()] if self.tracker.num_running == 0 else []
+        idle = self.tracker.num_running == 0 and not self._open
+        return [self._shutdown()] if idle else []
 
     def progress(self, searcher_state: searcher.SearcherState) -> float:
         tracker = self.tracker
@@ -157,6 +162,7 @@ class DSATSearchMethod(searcher.SearchMethod):
         ops: Ops = []
         for spec in specs:
             rid = uuid.UUID(spec.request_id)
+            self._open.add(spec.request_id)
             hparams = hparams_of(self.driver.space, spec)
             run_length = 1 if spec.kind is TrialKind.PROFILE else length
             ops.append(searcher.Create(request_id=rid, hparams=hparams, checkpoint=None))
@@ -172,13 +178,18 @@ class DSATSearchMethod(searcher.SearchMethod):
     # ----- persistence -----
     def state_dict(self, journaled: int = 0) -> dict[str, Any]:
         """JSON-able state; :meth:`load_state_dict` on a fresh method continues identically."""
-        return {**self.driver.state_dict(journaled), "shutdown_sent": self.shutdown_sent}
+        return {
+            **self.driver.state_dict(journaled),
+            "shutdown_sent": self.shutdown_sent,
+            "open_trials": sorted(self._open),
+        }
 
     def load_state_dict(
         self, state: Mapping[str, Any], journal: Sequence[Mapping[str, Any]] = ()
     ) -> None:
         self.driver.load_state_dict(state, journal)
         self.shutdown_sent = bool(state.get("shutdown_sent", False))
+        self._open = set(state.get("open_trials", []))
 
     def save_method_state(self, path: pathlib.Path) -> None:
         write_json_atomic(path / METHOD_STATE_FILE, self.state_dict())

@@ -36,7 +36,9 @@ def run_search(settings: SearchSettings, experiment: Experiment) -> int:
 def _run_replay(settings: SearchSettings, experiment: Experiment) -> int:
     if settings.replay_source is None:
         raise SearchError("--backend replay needs --replay-source")
-    source = load_replay_source(settings.replay_source, experiment.model_dir)
+    source = load_replay_source(
+        settings.replay_source, experiment.model_dir, settings.replay_errors_as_trials
+    )
 
     def make_executor(space: ConfigSpace, _: RunDirectory) -> ReplayExecutor:
         def ds_config_of(hparams: Mapping[str, Any]) -> dict[str, Any]:

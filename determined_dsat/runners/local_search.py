@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import types
@@ -57,6 +58,13 @@ def run_local(settings: SearchSettings, experiment: Experiment) -> int:
     def make_executor(_: ConfigSpace, run_dir: RunDirectory) -> LocalExecutor:
         return LocalExecutor(options, slots, run_dir.trial_dir)
 
+    # The full training has its own limits: a trial's timeout would kill a long training.
+    full_run = attrs.evolve(
+        options,
+        trial_timeout_s=settings.full_experiment_timeout_s or math.inf,
+        memory_limit_mb=settings.full_experiment_memory_limit,
+    )
+
     session = Session(settings, experiment, make_executor)
     logger.info("local backend: %d %s slot(s) %s", len(slots.ids), slots.kind, list(slots.ids))
     # Lock first: a refused second runner must not touch the live run's logs.
@@ -65,7 +73,8 @@ def run_local(settings: SearchSettings, experiment: Experiment) -> int:
         outcome = session.run()
         print_summary(settings.metric, session.run_dir, outcome)
         if settings.run_full_experiment and outcome.best is not None:
-            return _run_full_experiment(session, outcome, experiment)
+            executor = LocalExecutor(full_run, slots, session.run_dir.trial_dir)
+            return _run_full_experiment(session, executor, outcome, experiment)
     return 1 if outcome.failed else 0
 
 
@@ -109,9 +118,10 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_full_experiment(session: Session, outcome: SearchOutcome, experiment: Experiment) -> int:
+def _run_full_experiment(
+    session: Session, executor: LocalExecutor, outcome: SearchOutcome, experiment: Experiment
+) -> int:
     assert outcome.best is not None and experiment.max_length is not None
-    executor = session.executor
     hparams = full_experiment_hparams(hparams_of(session.space, outcome.best.spec))
     print(f"Training for {experiment.max_length} batches with the best config ...", file=sys.stderr)
     executor.launch(FULL_EXPERIMENT_ID, hparams, experiment.max_length)

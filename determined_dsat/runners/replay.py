@@ -139,30 +139,45 @@ def _mbs(config: Mapping[str, Any]) -> Any:
 
 
 class ReplayFunction(ReplaySource):
-    """A Python function standing in for DeepSpeed."""
+    """A Python function standing in for DeepSpeed.
 
-    def __init__(self, fn: ReplayFn, where: str) -> None:
+    ``MemoryError`` is an out-of-memory trial. Any other exception is a bug in the function,
+    not a result: it stops the search with a ``ConfigError`` naming the function and the
+    config, unless ``errors_as_trials`` records it as a failed trial.
+    """
+
+    def __init__(self, fn: ReplayFn, where: str, errors_as_trials: bool = False) -> None:
         self.fn = fn
         self.where = where
+        self.errors_as_trials = errors_as_trials
 
     def evaluate(self, ds_config: dict[str, Any]) -> TrialResult:
         try:
             metrics = dict(self.fn(ds_config))
         except MemoryError as exc:
             return TrialResult(Outcome.OOM, {}, DEFAULT_DURATION_S, f"MemoryError: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a replayed crash is a result, not our crash
-            return TrialResult(
-                Outcome.ERROR, {}, DEFAULT_DURATION_S, f"{type(exc).__name__}: {exc}"
-            )
+        except Exception as exc:  # noqa: BLE001 - the user's function, reported in one line
+            what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            if self.errors_as_trials:
+                return TrialResult(Outcome.ERROR, {}, DEFAULT_DURATION_S, what)
+            raise ConfigError(
+                f"{self.where} raised {what} for the config at ZeRO stage "
+                f"{_stage(ds_config)}, micro-batch {_mbs(ds_config)} (fix the function, or "
+                "pass --replay-errors-as-trials to record such errors as failed trials)"
+            ) from None
         duration = float(metrics.pop(DURATION_KEY, DEFAULT_DURATION_S))
         return TrialResult(Outcome.OK, metrics, duration)
 
 
-def load_replay_source(spec: str, base_dir: pathlib.Path | None = None) -> ReplaySource:
-    """Load ``table.json`` or ``file.py:function``; raises ``ConfigError`` saying what is wrong."""
+def load_replay_source(
+    spec: str, base_dir: pathlib.Path | None = None, errors_as_trials: bool = False
+) -> ReplaySource:
+    """Load ``table.json`` or ``file.py:function``; raises ``ConfigError`` saying what is
+    wrong. ``errors_as_trials``: see :class:`ReplayFunction`."""
     path_part, sep, fn_name = spec.rpartition(":")
     if sep and path_part.endswith(".py"):
-        return ReplayFunction(_load_function(_resolve(path_part, base_dir), fn_name), spec)
+        fn = _load_function(_resolve(path_part, base_dir), fn_name)
+        return ReplayFunction(fn, spec, errors_as_trials)
     path = _resolve(spec, base_dir)
     try:
         data = json.loads(path.read_text())

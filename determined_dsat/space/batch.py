@@ -80,20 +80,26 @@ class MicroBatchGrid:
     """The set of micro-batch sizes a search may propose, and the gas that goes with each.
 
     ``slots`` is the world size of one trial. ``default_gas`` is used when the global
-    batch is free (no ``train_batch_size``). ``ceiling`` caps the grid when the global
-    batch is fixed (no micro-batch can exceed ``train_batch_size / slots``).
+    batch is free (no ``train_batch_size``); with a fixed global batch no micro-batch can
+    exceed ``train_batch_size / slots``. ``mbs_cap`` (``--max-mbs``, like DeepSpeed's
+    ``max_train_micro_batch_size_per_gpu``) bounds every micro-batch of every method.
     """
 
     slots: int
     default_gas: int = GAS_DEFAULT
     train_batch_size: int | None = None
     divisible_by: int = 1
+    mbs_cap: int | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.slots < 1:
             raise ConfigError(f"slots per trial must be at least 1, got {self.slots}")
         if self.divisible_by < 1:
             raise ConfigError(f"--divisible-by must be a positive integer, got {self.divisible_by}")
+        if self.mbs_cap is not None and self.mbs_cap < self.divisible_by:
+            raise ConfigError(
+                f"--max-mbs {self.mbs_cap} allows no micro-batch divisible by {self.divisible_by}"
+            )
         if self.train_batch_size is not None and not self.fixed_candidates():
             raise ConfigError(
                 f"--train-batch-size {self.train_batch_size} cannot be reached with "
@@ -108,17 +114,16 @@ class MicroBatchGrid:
         if self.train_batch_size % self.slots:
             return []
         per_slot = self.train_batch_size // self.slots
+        top = per_slot if self.mbs_cap is None else min(per_slot, self.mbs_cap)
         return [
-            m
-            for m in range(self.divisible_by, per_slot + 1, self.divisible_by)
-            if per_slot % m == 0
+            m for m in range(self.divisible_by, top + 1, self.divisible_by) if per_slot % m == 0
         ]
 
     @property
     def max_mbs(self) -> int | None:
         """The largest micro-batch the grid allows, or None when unbounded."""
         if self.train_batch_size is None:
-            return None
+            return None if self.mbs_cap is None else self.snap_down(self.mbs_cap)
         return self.fixed_candidates()[-1]
 
     @property
@@ -130,6 +135,8 @@ class MicroBatchGrid:
     def allowed(self, mbs: int) -> bool:
         if mbs < 1 or mbs % self.divisible_by:
             return False
+        if self.mbs_cap is not None and mbs > self.mbs_cap:
+            return False
         if self.train_batch_size is None:
             return True
         return (self.train_batch_size // self.slots) % mbs == 0 and self.train_batch_size % (
@@ -138,6 +145,7 @@ class MicroBatchGrid:
 
     def candidates_in(self, lo: int, hi: int) -> list[int]:
         """Allowed micro-batches in ``[lo, hi]``, ascending."""
+        hi = self._capped(hi)
         if hi < lo:
             return []
         if self.train_batch_size is not None:
@@ -149,6 +157,7 @@ class MicroBatchGrid:
 
     def count_in(self, lo: int, hi: int) -> int:
         """How many allowed micro-batches lie in ``[lo, hi]`` (O(1) when the batch is free)."""
+        hi = self._capped(hi)
         if hi < lo:
             return 0
         if self.train_batch_size is not None:
@@ -161,6 +170,8 @@ class MicroBatchGrid:
         """The ``index``-th allowed micro-batch in ``[lo, hi]`` (0-based, ascending)."""
         if self.train_batch_size is not None:
             return self.candidates_in(lo, hi)[index]
+        if index >= self.count_in(lo, hi):
+            raise IndexError(f"no micro-batch {index} in [{lo}, {hi}]")
         d = self.divisible_by
         first = max(d, -(-lo // d) * d)
         return first + index * d
@@ -171,6 +182,7 @@ class MicroBatchGrid:
             cands = self.fixed_candidates()
             i = bisect.bisect_right(cands, mbs)
             return cands[i - 1] if i else None
+        mbs = self._capped(mbs)
         snapped = (mbs // self.divisible_by) * self.divisible_by
         return snapped if snapped >= 1 else None
 
@@ -181,7 +193,11 @@ class MicroBatchGrid:
             i = bisect.bisect_right(cands, mbs)
             return cands[i] if i < len(cands) else None
         d = self.divisible_by
-        return (mbs // d + 1) * d
+        following = (mbs // d + 1) * d
+        return None if self.mbs_cap is not None and following > self.mbs_cap else following
+
+    def _capped(self, mbs: int) -> int:
+        return mbs if self.mbs_cap is None else min(mbs, self.mbs_cap)
 
     def batch_config(self, mbs: int) -> BatchConfig:
         """The consistent batch settings for a micro-batch on this grid."""

@@ -69,13 +69,17 @@ def make_space(
     offload: bool = False,
     train_batch_size: int | None = None,
     divisible_by: int = 1,
+    mbs_cap: int | None = None,
 ) -> ConfigSpace:
     return ConfigSpace(
         base_ds_config=BASE_DS_CONFIG,
         base_hparams=BASE_HPARAMS,
         stages=stages,
         grid=MicroBatchGrid(
-            slots=slots, train_batch_size=train_batch_size, divisible_by=divisible_by
+            slots=slots,
+            train_batch_size=train_batch_size,
+            divisible_by=divisible_by,
+            mbs_cap=mbs_cap,
         ),
         start_profile_step=3,
         end_profile_step=5,
@@ -214,7 +218,9 @@ def run_search(
     inner = build_method(settings, space, space.grid.slots)
     timeline: list[tuple[str, Any]] = []
     executor = WatchingExecutor(
-        ReplayExecutor(ReplayFunction(source, "test"), space.ds_config_from_hparams),
+        ReplayExecutor(
+            ReplayFunction(source, "test", errors_as_trials=True), space.ds_config_from_hparams
+        ),
         timeline,
         transform,
     )
@@ -499,3 +505,17 @@ def test_finds_near_optimal_config(method: str) -> None:
         ratios.append(0.0 if value is None else value / landscape.optimum())
     assert all(r <= 1.0 + 1e-9 for r in ratios), ratios  # nothing beats the true optimum
     assert statistics.median(ratios) >= 0.9, ratios
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("cap", [1, 6, 24])
+def test_no_method_proposes_above_the_micro_batch_cap(method: str, cap: int) -> None:
+    landscape = Landscape.draw(SEEDS[1])
+    space = make_space(landscape.slots, mbs_cap=cap)
+    run = run_search(method, landscape, space, max_trials=24, max_concurrent_trials=4)
+    searched = [r.spec.mbs for r in run.method.tracker.records() if r.spec.kind.value == "search"]
+    assert searched and max(searched) <= cap
+    # A cap below the landscape's limit is where a bisection ends up: it tries the cap itself.
+    limit = min(landscape.true_max_mbs(s) for s in (1, 2, 3))
+    if cap < limit and method != "random":
+        assert cap in searched

@@ -59,7 +59,7 @@ def _replay(tmp_path: pathlib.Path) -> TrialExecutor:
     def ds_config_of(hp: Mapping[str, Any]) -> dict[str, Any]:
         return {"fake_outcome": hp["fake_outcome"]}
 
-    return ReplayExecutor(ReplayFunction(measure, "fake"), ds_config_of)
+    return ReplayExecutor(ReplayFunction(measure, "fake", errors_as_trials=True), ds_config_of)
 
 
 def _local(tmp_path: pathlib.Path) -> TrialExecutor:

@@ -519,3 +519,37 @@ def test_in_process_runs_keep_separate_logs(
     assert size > 0
     assert dsat(args("binary", model, "--run-dir", str(second)), capsys)[0] == 0
     assert (first / "dsat.log").stat().st_size == size
+
+
+CRASHES_AT_4 = """
+from determined_dsat.space.ds_config import is_profiling_config
+from determined_dsat.testing.synthetic import Landscape
+
+LANDSCAPE = Landscape.draw(3)
+
+
+def fn(config):
+    if config["train_micro_batch_size_per_gpu"] >= 4 and not is_profiling_config(config):
+        return {"throughput": config["no such key"]}
+    return LANDSCAPE(config)
+"""
+
+
+def test_a_replay_function_that_crashes_stops_with_exit_2_unless_asked(
+    model: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (model / "replay_fn.py").write_text(CRASHES_AT_4)
+    run = tmp_path / "stopped"
+    code, _, err = dsat(args("binary", model, "--run-dir", str(run), "-mct", "1"), capsys)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("dsat: error: ") and "replay_fn.py:fn raised KeyError" in last
+    assert "micro-batch" in last and "--replay-errors-as-trials" in last
+    finished = read_lines(run)  # what finished before the crash is kept
+    assert finished and finished[0]["kind"] == "profile"
+    run = tmp_path / "recorded"
+    flags = ("--run-dir", str(run), "-mct", "1", "--replay-errors-as-trials")
+    code, _, err = dsat(args("binary", model, *flags), capsys)
+    assert code == 0, err
+    errors = [ln for ln in read_lines(run) if ln["status"] == "error"]
+    assert errors and all("KeyError" in ln["detail"] for ln in errors)

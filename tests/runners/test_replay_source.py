@@ -173,7 +173,7 @@ def test_function_results() -> None:
             raise RuntimeError("NCCL timeout")
         return {"throughput": float(mbs), "duration_s": 4.0}
 
-    source = ReplayFunction(fn, "f.py:fn")
+    source = ReplayFunction(fn, "f.py:fn", errors_as_trials=True)
     ok = source.evaluate(config(1, 4))
     assert ok.outcome is Outcome.OK and ok.metrics == {"throughput": 4.0}
     assert ok.duration_s == 4.0  # taken out of the metrics
@@ -249,3 +249,20 @@ def test_loading_errors_are_config_errors(
         load_replay_source(spec, base_dir=tmp_path)
     for word in words:
         assert word in str(info.value), str(info.value)
+
+
+def test_a_crashing_function_is_a_bug_not_a_trial() -> None:
+    def fn(cfg: dict[str, Any]) -> dict[str, Any]:
+        raise KeyError("throughput")
+
+    with pytest.raises(ConfigError) as info:
+        ReplayFunction(fn, "model/landscape.py:measure").evaluate(config(2, 8))
+    message = str(info.value)
+    assert message.startswith("model/landscape.py:measure raised KeyError: 'throughput'")
+    assert "ZeRO stage 2, micro-batch 8" in message and "--replay-errors-as-trials" in message
+    assert "\n" not in message
+    # A MemoryError stays an OOM either way.
+    oom = ReplayFunction(lambda cfg: (_ for _ in ()).throw(MemoryError("x")), "f").evaluate(
+        config(1, 1)
+    )
+    assert oom.outcome is Outcome.OOM

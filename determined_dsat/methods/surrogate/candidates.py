@@ -90,6 +90,8 @@ def snap_down(grid: MicroBatchGrid, values: IntArray) -> IntArray:
     """The largest allowed micro-batch not above each value (0 where there is none)."""
     if grid.train_batch_size is None:
         d = grid.divisible_by
+        if grid.mbs_cap is not None:
+            values = np.minimum(values, grid.mbs_cap)
         return (values // d) * d
     allowed = np.array(grid.fixed_candidates(), dtype=np.int64)
     index = np.searchsorted(allowed, values, side="right") - 1
