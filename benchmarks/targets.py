@@ -69,7 +69,7 @@ class Check:
     def _show(self, x: float) -> str:
         if math.isinf(x):
             return "never"
-        return f"{x:.1%}" if self.percent else f"{x:.3g}"
+        return f"{x:.1%}" if self.percent else f"{x:.4g}"
 
     def line(self) -> str:
         where = f"{self.family} x{self.concurrency}"
