@@ -1,11 +1,10 @@
-"""Shared machinery of the benchmarks: drive any ``SearchMethod`` against a synthetic landscape.
+"""Shared machinery of the benchmarks: the experiment on disk, our methods set up exactly as
+the ``dsat`` CLI sets them up, and the loop that drives any ``SearchMethod`` to its end.
 
 Every search, ours or upstream's, runs the same way: :class:`SearchEngine` plays the
-Determined master, and a :class:`RecordingExecutor` answers trials from a
-:class:`~determined_dsat.testing.synthetic.Landscape` through the replay backend's
-``ReplayExecutor`` (simulated clock, 1 s per trial), logging each finished trial with its
-noise-free throughput. A :class:`TimedMethod` wrapper measures the time the search method
-itself spends on each event.
+Determined master, and a :class:`~benchmarks.recording.RecordingExecutor` answers trials
+from a benchmark landscape on the replay backend's simulated clock. A :class:`TimedMethod`
+wrapper measures the time the search method itself spends on each event.
 """
 
 from __future__ import annotations
@@ -23,18 +22,15 @@ import attrs
 import yaml
 from determined import searcher
 
+from benchmarks.families.api import BenchmarkLandscape, KnobTables
+from benchmarks.recording import RecordingExecutor, TrialLog
 from determined_dsat.build import build_method, build_space
-from determined_dsat.methods import registry
+from determined_dsat.cli import parse_settings
 from determined_dsat.methods.search_method import DSATSearchMethod
 from determined_dsat.runners.engine import SearchEngine
-from determined_dsat.runners.executor import Completion, TrialExecutor
-from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
-from determined_dsat.settings import Backend, SearchSettings
-from determined_dsat.space.ds_config import OVERWRITE_KEY, is_profiling_config, merge_overwrites
+from determined_dsat.space.ds_config import OVERWRITE_KEY, merge_overwrites
 from determined_dsat.space.experiment import load_experiment
 from determined_dsat.space.knobs import ZERO_KNOBS
-from determined_dsat.space.metric import Metric
-from determined_dsat.testing.synthetic import Landscape
 from determined_dsat.trials.records import TrialResult
 
 METHODS = ("binary", "random", "asha")
@@ -42,6 +38,7 @@ ALL_STAGES = (1, 2, 3)
 METRIC = "throughput"
 DS_CONFIG_NAME = "ds_config.json"
 CONFIG_NAME = "config.yaml"
+REPLAY_PLACEHOLDER = "replay_placeholder.json"
 
 # The user's ds_config of every benchmark search: bf16 Adam, nothing else decided.
 BASE_DS_CONFIG: dict[str, Any] = {
@@ -50,6 +47,9 @@ BASE_DS_CONFIG: dict[str, Any] = {
     "optimizer": {"type": "Adam", "params": {"lr": 1e-4}},
     "bf16": {"enabled": True},
 }
+
+OUR_TABLE: KnobTables = ZERO_KNOBS
+"""Our knob table (``determined_dsat.space.knobs.ZERO_KNOBS``)."""
 
 
 def package_digest() -> str:
@@ -73,6 +73,13 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
 # ----- the experiment on disk -----
 
 
@@ -90,6 +97,12 @@ class ModelDir:
     def ds_config_path(self) -> pathlib.Path:
         return self.path / DS_CONFIG_NAME
 
+    @property
+    def replay_source(self) -> pathlib.Path:
+        """A file for ``--replay-source`` (the CLI wants one that exists; the benchmark's
+        executor answers trials itself)."""
+        return self.path / REPLAY_PLACEHOLDER
+
 
 def write_model_dir(path: pathlib.Path, slots: int) -> ModelDir:
     """Write the experiment of a landscape with ``slots`` GPUs per trial into ``path``."""
@@ -105,6 +118,8 @@ def write_model_dir(path: pathlib.Path, slots: int) -> ModelDir:
         "searcher": {"name": "single", "metric": METRIC, "max_length": 100},
     }
     model.config_path.write_text(yaml.safe_dump(experiment))
+    placeholder = {"profile": {}, "trials": [], "note": "unused: the benchmark answers trials"}
+    model.replay_source.write_text(json.dumps(placeholder))
     return model
 
 
@@ -113,37 +128,38 @@ def ds_config_of(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return merge_overwrites(BASE_DS_CONFIG, hparams.get(OVERWRITE_KEY) or {})
 
 
-# ----- search spaces and scoring -----
-
-KnobTables = Mapping[int, Mapping[str, Sequence[Any]]]
-"""A search space's ZeRO knobs: stage -> knob -> the values it may propose."""
-
-OUR_TABLE: KnobTables = ZERO_KNOBS
-"""Our knob table (``determined_dsat.space.knobs.ZERO_KNOBS``)."""
-
-
-def true_value(landscape: Landscape, ds_config: Mapping[str, Any]) -> float:
-    """Noise-free throughput of a full ds_config; 0 for the profiling trial and for OOMs.
-
-    The zero block is the trial's ``zero_optimization`` as the landscape sees it (the
-    base ds_config merged with the trial's overwrites); knobs it leaves out take
-    DeepSpeed's defaults inside the landscape.
-    """
-    if is_profiling_config(ds_config):
-        return 0.0
-    zero = ds_config.get("zero_optimization") or {}
-    value = landscape.true_throughput(zero, int(ds_config["train_micro_batch_size_per_gpu"]))
-    return 0.0 if value is None else value
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """A Markdown table's lines."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 # ----- our methods -----
+
+
+def our_argv(
+    name: str,
+    model: ModelDir,
+    *,
+    max_trials: int,
+    max_concurrent_trials: int,
+    seed: int,
+    run_dir: pathlib.Path,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The ``dsat`` command line of one benchmark search (every other flag at its default)."""
+    return [
+        name,
+        str(model.config_path),
+        str(model.path),
+        "--backend",
+        "replay",
+        "--replay-source",
+        str(model.replay_source),
+        "--max-trials",
+        str(max_trials),
+        "--max-concurrent-trials",
+        str(max_concurrent_trials),
+        "-r",
+        str(seed),
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]
 
 
 def build_ours(
@@ -153,129 +169,42 @@ def build_ours(
     max_trials: int,
     max_concurrent_trials: int,
     seed: int,
-    stages: tuple[int, ...] = ALL_STAGES,
-    options: object | None = None,
+    extra: Sequence[str] = (),
 ) -> DSATSearchMethod:
-    """One of our search methods, set up as ``dsat`` would set it up (every option at its
-    default unless ``options`` are given)."""
-    experiment = load_experiment(model.config_path, model.path)
-    settings = SearchSettings(
-        method=name,
-        config_path=model.config_path,
-        model_dir=model.path,
-        backend=Backend.REPLAY,
-        run_dir=model.path / "run",
-        method_options=options or registry.get(name).options(),
+    """One of our search methods, set up as ``dsat`` sets it up: ``parse_settings`` of its
+    command line (``extra``: more flags), then ``build_space`` and ``build_method``."""
+    # A fresh name: the CLI refuses a run directory that already holds a search.
+    run_dir = model.path / "runs" / f"{name}-{uuid.uuid4().hex[:12]}"
+    argv = our_argv(
+        name,
+        model,
         max_trials=max_trials,
         max_concurrent_trials=max_concurrent_trials,
-        metric=Metric.parse(METRIC),
-        zero_stages=stages,
-        random_seed=seed,
+        seed=seed,
+        run_dir=run_dir,
+        extra=extra,
     )
+    settings = parse_settings(argv)
+    experiment = load_experiment(settings.config_path, settings.model_dir)
     space = build_space(settings, experiment)
     return build_method(settings, space, experiment.slots_per_trial)
 
 
-# ----- running trials -----
+def our_executor(
+    method: DSATSearchMethod, landscape: BenchmarkLandscape, run_seed: int
+) -> RecordingExecutor:
+    """The executor of one of our searches: trials' ds_configs as the replay runner builds
+    them (``ConfigSpace.ds_config_from_hparams``), kinds from the search's tracker."""
+    tracker = method.tracker
+
+    def kind_of(request_id: str) -> str | None:
+        return str(tracker[request_id].spec.kind.value) if request_id in tracker else None
+
+    space = method.driver.space
+    return RecordingExecutor(landscape, space.ds_config_from_hparams, run_seed, kind_of)
 
 
-@attrs.frozen
-class TrialLog:
-    """One finished trial, in completion order (``seq`` is 1-based)."""
-
-    seq: int
-    kind: str  # "profile" or "search"
-    outcome: str
-    stage: int | None
-    mbs: int | None
-    value: float  # noise-free throughput; 0 when the trial did not train
-    zero: Mapping[str, Any] | None = None  # the zero block; None for the profiling trial
-
-
-# One letter per outcome in :func:`trials_to_json`.
-OUTCOME_CODES = {
-    "ok": "k",
-    "oom": "m",
-    "error": "e",
-    "timeout": "t",
-    "invalid": "i",
-    "cancelled": "c",
-}
-
-
-def trials_to_json(trials: Sequence[TrialLog], optimum: float) -> dict[str, Any]:
-    """A run's trials as compact columns, in completion order.
-
-    ``outcomes`` has one letter per trial (see ``OUTCOME_CODES``); ``stage`` and ``mbs`` are
-    null for the profiling trial; ``fraction`` is the noise-free value over ``optimum``.
-    """
-    return {
-        "outcomes": "".join(OUTCOME_CODES[t.outcome] for t in trials),
-        "stage": [t.stage for t in trials],
-        "mbs": [t.mbs for t in trials],
-        "fraction": [round(t.value / optimum, 5) if optimum > 0 else 0.0 for t in trials],
-    }
-
-
-@attrs.define
-class _Launched:
-    kind: str
-    stage: int | None
-    mbs: int | None
-    value: float
-    zero: Mapping[str, Any] | None
-
-
-class RecordingExecutor(TrialExecutor):
-    """A replay executor over a landscape that logs every finished trial."""
-
-    def __init__(self, landscape: Landscape) -> None:
-        self.landscape = landscape
-        source = ReplayFunction(self.landscape, f"landscape {self.landscape.seed}")
-        self.inner = ReplayExecutor(source, ds_config_of)
-        self.log: list[TrialLog] = []
-        self.launch_s = 0.0
-        self._launched: dict[str, _Launched] = {}
-
-    def launch(self, request_id: str, hparams: Mapping[str, Any], length: int) -> None:
-        start = time.perf_counter()
-        ds_config = ds_config_of(hparams)
-        profiling = is_profiling_config(ds_config)
-        zero = ds_config.get("zero_optimization") or {}
-        self._launched[request_id] = _Launched(
-            kind="profile" if profiling else "search",
-            stage=None if profiling else int(zero.get("stage", 0)),
-            mbs=None if profiling else int(ds_config["train_micro_batch_size_per_gpu"]),
-            value=true_value(self.landscape, ds_config),
-            zero=None if profiling else zero,
-        )
-        self.inner.launch(request_id, hparams, length)
-        self.launch_s += time.perf_counter() - start
-
-    def next_completion(self) -> Completion:
-        completion = self.inner.next_completion()
-        info = self._launched.pop(completion.request_id)
-        outcome = completion.result.outcome.value
-        self.log.append(
-            TrialLog(
-                seq=len(self.log) + 1,
-                kind=info.kind,
-                outcome=outcome,
-                stage=info.stage,
-                mbs=info.mbs,
-                value=info.value if outcome == "ok" else 0.0,
-                zero=info.zero,
-            )
-        )
-        return completion
-
-    @property
-    def num_running(self) -> int:
-        return self.inner.num_running
-
-    def cancel_all(self) -> None:
-        self.inner.cancel_all()
-
+# ----- driving a search -----
 
 Ops = list[searcher.Operation]
 

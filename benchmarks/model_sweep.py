@@ -1,12 +1,12 @@
-"""``model`` with several ``--min-improvement`` thresholds on the search-efficiency landscapes.
+"""``model`` with several ``--min-improvement`` thresholds on a family's landscapes.
 
 The trade-off the threshold sets: a lower one runs more trials (GPU-hours) and gets closer
-to the optimum. ``model`` makes no random choices, so one seed per landscape is its whole
-distribution. Same landscapes (the first N where something fits), limits and scoring as
-``search_efficiency.py``. Usage::
+to the optimum. One seed per landscape; ``model`` is set up as the ``dsat`` CLI sets it up,
+with ``--min-improvement`` added. Same optimum and scoring as ``search_efficiency.py``.
+Usage::
 
-    python -m benchmarks.model_sweep [--landscapes 30] [--max-concurrent-trials 4]
-        [--thresholds 0.02 0.01 0.005 0.002 0] [--out benchmarks/results]
+    python -m benchmarks.model_sweep [--family heldout] [--landscapes 30]
+        [--max-concurrent-trials 4] [--thresholds 0.02 0.01 0.005 0.002 0] [--out DIR]
 """
 
 from __future__ import annotations
@@ -19,29 +19,30 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from benchmarks.efficiency import SpaceOptima
+from benchmarks.efficiency import FIRST_SEED, SpaceOptima, search_tables
+from benchmarks.families.api import BenchmarkLandscape
+from benchmarks.families.catalog import FAMILIES, family
 from benchmarks.harness import (
-    ALL_STAGES,
-    RecordingExecutor,
     build_ours,
     drive,
     markdown_table,
+    our_executor,
     package_digest,
     quiet,
     write_model_dir,
 )
-from benchmarks.upstream import upstream_table
+from benchmarks.recording import true_value
+from benchmarks.runs import Run
+from benchmarks.scoring import RunScore, score_run
 from determined_dsat.methods.model_based import ModelOptions
-from determined_dsat.testing.synthetic import Landscape
 
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "results"
 
 
 def run(
-    threshold: float, landscape: Landscape, optimum: float, opts: argparse.Namespace
-) -> dict[str, float]:
-    """One ``model`` search; its trials to 95 % / 99 %, OOMs, trials run and best fraction."""
-    options = ModelOptions(min_improvement=threshold)
+    threshold: float, landscape: BenchmarkLandscape, optimum: float, opts: argparse.Namespace
+) -> RunScore:
+    """One ``model`` search with ``--min-improvement threshold``, scored."""
     with tempfile.TemporaryDirectory(prefix="dsat-sweep-") as tmp:
         model = write_model_dir(pathlib.Path(tmp), landscape.slots)
         search = build_ours(
@@ -49,23 +50,32 @@ def run(
             model,
             max_trials=opts.max_trials,
             max_concurrent_trials=opts.max_concurrent_trials,
-            seed=42,
-            options=options,
+            seed=FIRST_SEED,
+            extra=["--min-improvement", str(threshold)],
         )
-        trials = drive(search, RecordingExecutor(landscape)).trials
-    values = [t.value / optimum for t in trials]
-    never = opts.max_trials + 1
-    return {
-        "t95": next((i + 1 for i, v in enumerate(values) if v >= 0.95), never),
-        "t99": next((i + 1 for i, v in enumerate(values) if v >= 0.99), never),
-        "oom": sum(t.outcome == "oom" for t in trials),
-        "trials": len(trials),
-        "best": max(values, default=0.0),
-    }
+        result = drive(search, our_executor(search, landscape, FIRST_SEED))
+        pick = search.best_ds_config()
+    record = Run.of(
+        entry=("ours", "model"),
+        family=opts.family,
+        landscape=landscape.key,
+        seed=FIRST_SEED,
+        concurrency=opts.max_concurrent_trials,
+        ended=result.ended,
+        trials=result.trials,
+        pick_value=0.0 if pick is None else true_value(landscape, pick),
+        optimum=optimum,
+    )
+    return score_run(record)
+
+
+def _never(value: int | None, opts: argparse.Namespace) -> float:
+    return float(opts.max_trials + 1 if value is None else value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--family", default="heldout", choices=list(FAMILIES))
     p.add_argument("--landscapes", type=int, default=30)
     p.add_argument("--max-trials", type=int, default=64)
     p.add_argument("--max-concurrent-trials", type=int, default=4)
@@ -73,39 +83,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
     opts = p.parse_args(argv)
     quiet()
-    upstream = upstream_table(ALL_STAGES)
-    landscapes: list[tuple[Landscape, float]] = []
-    seed = 0
-    while len(landscapes) < opts.landscapes:
-        landscape = Landscape.draw(seed)
-        optimum = SpaceOptima.of(landscape, upstream, ALL_STAGES).optimum
-        if optimum > 0:
-            landscapes.append((landscape, optimum))
-        seed += 1
+    upstream, native_table = search_tables()
+    landscapes = [
+        (ls, SpaceOptima.of(ls, upstream, native_table).optimum)
+        for ls in family(opts.family).draw(opts.landscapes)
+    ]
     rows = []
     default = ModelOptions().min_improvement
     for threshold in opts.thresholds:
-        results = [run(threshold, ls, opt, opts) for ls, opt in landscapes]
-        col = {k: np.array([r[k] for r in results], dtype=float) for k in results[0]}
-        reach = float(np.mean(col["t99"] <= opts.max_trials))
+        scores = [run(threshold, ls, opt, opts) for ls, opt in landscapes]
+        t95 = np.array([_never(s.trials_to[0.95], opts) for s in scores])
+        t99 = np.array([_never(s.trials_to[0.99], opts) for s in scores])
+        pick = np.array([s.pick for s in scores])
+        oom = np.array([s.oom for s in scores], dtype=float)
+        trials = np.array([s.trials for s in scores], dtype=float)
         rows.append(
             [
                 f"{threshold:g}" + (" (default)" if threshold == default else ""),
-                f"{np.median(col['t95']):g}",
-                f"{np.median(col['t99']):g} [{np.percentile(col['t99'], 75):g}]",
-                f"{reach:.0%}",
-                f"{np.median(col['best']):.2%} [{np.percentile(col['best'], 25):.2%}]",
-                f"{np.median(col['oom']):g} / {np.mean(col['oom']):.1f}",
-                f"{np.median(col['trials']):g} / {np.mean(col['trials']):.1f}",
+                f"{np.median(t95):g}",
+                f"{np.median(t99):g} [{np.percentile(t99, 75):g}]",
+                f"{np.mean(t99 <= opts.max_trials):.0%}",
+                f"{np.median(pick):.2%} [{np.percentile(pick, 25):.2%}]",
+                f"{np.mean(pick >= 0.99 - 1e-9):.0%}",
+                f"{np.median(oom):g} / {np.mean(oom):.1f}",
+                f"{np.median(trials):g} / {np.mean(trials):.1f}",
             ]
         )
         print(f"threshold {threshold:g} done", file=sys.stderr)
     header = [
         "--min-improvement",
         "trials to 95% (median)",
-        "trials to 99% (median [75th pct])",
+        "trials to 99% (median [75th pct]; never: max trials + 1)",
         "reach 99%",
-        "best/opt at the end (median [25th pct])",
+        "final pick/opt (median [25th pct])",
+        "pick >= 99%",
         "OOM trials (median / mean)",
         "trials run (median / mean)",
     ]
@@ -113,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [
             "# `model`: the --min-improvement trade-off",
             "",
-            f"The first {opts.landscapes} landscapes where something fits (seeds 0..{seed - 1}), "
-            f"one run each (`model` is deterministic), --max-trials {opts.max_trials}, "
+            f"The first {opts.landscapes} landscapes of the `{opts.family}` family, one run "
+            f"each (seed {FIRST_SEED}), `dsat` CLI defaults, --max-trials {opts.max_trials}, "
             f"--max-concurrent-trials {opts.max_concurrent_trials}; determined_dsat sources "
             f"{package_digest()}.",
             "",

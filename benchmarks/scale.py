@@ -26,19 +26,23 @@ import attrs
 import numpy as np
 from determined import searcher
 
+from benchmarks.families.synthetic_family import SyntheticLandscape
 from benchmarks.harness import (
     ALL_STAGES,
     METHODS,
-    RecordingExecutor,
     RunResult,
     build_ours,
     drive,
+    ds_config_of,
     markdown_table,
+    our_executor,
     package_digest,
     quiet,
     write_model_dir,
 )
+from benchmarks.recording import RecordingExecutor
 from benchmarks.upstream import build_upstream
+from determined_dsat.methods.search_method import DSATSearchMethod
 from determined_dsat.testing.synthetic import Landscape
 
 IMPLEMENTATIONS = ("ours", "upstream")
@@ -100,9 +104,13 @@ def time_one(impl: str, method: str, landscape: Landscape, opts: argparse.Namesp
             max_trials=opts.max_trials,
             max_concurrent_trials=opts.max_concurrent_trials,
             seed=SEED,
-            stages=ALL_STAGES,
         )
-        executor = RecordingExecutor(landscape)
+        wrapped = SyntheticLandscape(landscape)
+        executor = (
+            our_executor(search, wrapped, SEED)
+            if isinstance(search, DSATSearchMethod)
+            else RecordingExecutor(wrapped, ds_config_of, SEED)
+        )
         cap = opts.upstream_cap_s if impl == "upstream" else None
         result = drive(search, executor, time_cap_s=cap)
         stop = getattr(search, "stop_message", None)

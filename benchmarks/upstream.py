@@ -7,6 +7,8 @@ config (``get_custom_dsat_exp_conf_from_args``) and instantiates the method clas
 (``get_search_method_class``). We call those same functions, and read their knob table
 from their module; nothing of theirs is copied.
 Their trials read ``ds_config.json`` from the model directory, so it must exist on disk.
+What a run recommends (:func:`upstream_pick`) is what their ``save_method_state`` writes to
+``best_ds_config.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from determined.pytorch.dsat._run_dsat import (
 )
 from determined.pytorch.dsat._utils import get_zero_stage_search_space
 
-from benchmarks.harness import ALL_STAGES, METRIC, KnobTables, ModelDir
+from benchmarks.families.api import KnobTables
+from benchmarks.harness import ALL_STAGES, METRIC, ModelDir
+from determined_dsat.space.ds_config import without_autotuning
 
 
 def upstream_args(
@@ -90,6 +94,16 @@ def build_upstream(
     random.seed(seed)
     method: searcher.SearchMethod = get_search_method_class(name)(args=args, exp_config=exp_config)
     return method
+
+
+def upstream_pick(method: searcher.SearchMethod) -> dict[str, Any] | None:
+    """The ds_config upstream's run ends recommending; None when no trial trained.
+
+    Their ``DSATTrialTracker.best_trial``: the best of each stage's best trial, each by its
+    single reported metric (noise included, no re-measurement), the ds_config with its
+    ``autotuning`` section removed, as their ``save_method_state`` writes it."""
+    best = method.trial_tracker.best_trial  # type: ignore[attr-defined]
+    return None if best is None else without_autotuning(best.ds_config)
 
 
 def upstream_table(stages: tuple[int, ...] = ALL_STAGES) -> KnobTables:
