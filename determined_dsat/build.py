@@ -51,6 +51,7 @@ def build_driver(settings: SearchSettings, space: ConfigSpace, slots: int) -> Se
         max_concurrent_trials=settings.max_concurrent_trials,
         slots_per_trial=slots,
         max_slots=settings.max_slots,
+        time_budget_s=settings.time_budget_s,
     )
     policy = registry.make_policy(settings.method, space, settings.method_options)
     return SearchDriver(

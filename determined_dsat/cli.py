@@ -199,6 +199,7 @@ def settings_from_args(a: argparse.Namespace) -> tuple[SearchSettings, str]:
         resume=resume,
         trial_timeout_s=a.trial_timeout,
         full_experiment_timeout_s=_seconds("--full-experiment-timeout", a.full_experiment_timeout),
+        time_budget_s=_seconds("--time-budget", a.time_budget),
         mbs_tolerance=_tolerance(a.mbs_tolerance),
         baseline=not a.no_baseline,
         confirm_top=a.confirm_top,

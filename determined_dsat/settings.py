@@ -73,6 +73,7 @@ class SearchSettings:
     train_batch_size: int | None = None
     divisible_by: int = 1
     max_mbs: int | None = None
+    time_budget_s: float | None = None
     offload: frozenset[OffloadTarget] = frozenset()
     resume: bool = False
     trial_timeout_s: float = DEFAULT_TRIAL_TIMEOUT_S

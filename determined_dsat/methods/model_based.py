@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,16 +43,12 @@ from determined_dsat.methods.surrogate.acquisition import (
     BatchScorer,
     Plan,
 )
+from determined_dsat.methods.surrogate.cost import step_proxy
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, zero_key
-from determined_dsat.methods.surrogate.memory import MemoryObservation, MemorySurrogate
-from determined_dsat.methods.surrogate.throughput import (
-    ThroughputObservation,
-    ThroughputSurrogate,
-    log_metric,
-)
+from determined_dsat.methods.surrogate.fit import Fitted, candidate_rows, fit_all
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.memory import MemoryModel
-from determined_dsat.trials.records import Outcome, TrialKind, TrialRecord
+from determined_dsat.trials.records import TrialKind, TrialRecord
 from determined_dsat.trials.view import TrackerView
 
 Array = NDArray[np.float64]
@@ -61,19 +56,6 @@ IntArray = NDArray[np.int64]
 
 MIN_FIT_PROBABILITY = 0.02
 """Candidates less likely than this to fit in memory are never proposed."""
-
-
-@attrs.frozen
-class _Fitted:
-    """Surrogates fitted to the finished search trials, and facts derived from them."""
-
-    memory: MemorySurrogate
-    throughput: ThroughputSurrogate
-    basis: MemoryBasis
-    memory_model: MemoryModel
-    trained: list[TrialRecord]
-    fail_from: dict[int, int]  # block -> smallest micro-batch that crashed or timed out
-    oom_ratio: float  # cost of an OOM trial relative to one that trained
 
 
 @attrs.frozen
@@ -94,7 +76,7 @@ class ModelPolicy(SearchPolicy):
         self.table = BlockTable(space)
         self.lineage_of: dict[str, str] = {}
         self.counter = 0
-        self._fitted: tuple[int, _Fitted] | None = None
+        self._fitted: tuple[int, Fitted] | None = None
         self._plan_of: tuple[tuple[int, int], Plan] | None = None
         self._basis: tuple[MemoryModel, MemoryBasis] | None = None
         self._block_of: dict[str, int | None] = {}  # request id -> block index
@@ -187,8 +169,10 @@ class ModelPolicy(SearchPolicy):
         if cand_block.size == 0:
             return Plan(None, empty, empty, bool(fitted.trained))
         cand_gas = cands.gas_of(grid, cand_mbs)
-        rows, cand_row = cands.feature_rows(self.table, cand_block, cand_gas)
-        cost = fit + (1.0 - fit) * fitted.oom_ratio
+        rows = candidate_rows(
+            fitted, self.table, cand_block, cand_mbs.astype(float), cand_gas.astype(float)
+        )
+        cand_row = np.arange(cand_block.size, dtype=np.int64)
         scorer = BatchScorer(
             fitted.throughput,
             rows,
@@ -196,9 +180,10 @@ class ModelPolicy(SearchPolicy):
             cand_mbs.astype(float),
             cand_gas.astype(float),
             fit,
-            cost,
+            np.ones_like(fit),
             self._incumbent(fitted),
         )
+        scorer.cost = self._cost(fitted, scorer, cand_mbs, cand_gas, fit)
         has_incumbent = scorer.incumbent is not None
         risky_stages: set[int] = set()
         for record in running:
@@ -221,7 +206,7 @@ class ModelPolicy(SearchPolicy):
         return self._block_of[rid]
 
     # ----- surrogates -----
-    def _fit(self, view: TrackerView) -> _Fitted:
+    def _fit(self, view: TrackerView) -> Fitted:
         if self._fitted is not None and self._fitted[0] == view.num_finished:
             return self._fitted[1]
         assert view.profile is not None
@@ -229,91 +214,48 @@ class ModelPolicy(SearchPolicy):
         width = self.space.precision.bytes_per_param
         if self._basis is None or self._basis[0] != memory_model:
             self._basis = (memory_model, MemoryBasis.of(self.table, memory_model, width))
-        basis = self._basis[1]
-        finished = sorted(
-            (r for r in view.records() if r.spec.kind is TrialKind.SEARCH and r.finished),
-            key=lambda r: r.spec.seq,
-        )
-        memory_obs: list[MemoryObservation] = []
-        throughput_obs: list[ThroughputObservation] = []
-        trained: list[TrialRecord] = []
-        fail_from: dict[int, int] = {}
-        durations: dict[bool, list[float]] = {True: [], False: []}
-        for record in finished:
-            assert record.result is not None
-            outcome = record.result.outcome
-            spec = record.spec
-            if outcome in (Outcome.OK, Outcome.OOM):
-                states, buckets = basis.block_numbers(memory_model, spec.zero, width)
-                activation = basis.activation * spec.mbs
-                memory_obs.append(
-                    MemoryObservation(
-                        spec.stage, states, activation, buckets, outcome is Outcome.OK
-                    )
-                )
-                if record.result.duration_s is not None:
-                    durations[outcome is Outcome.OK].append(record.result.duration_s)
-            elif outcome.too_big:
-                block = self._block(record)
-                if block is not None:
-                    fail_from[block] = min(fail_from.get(block, spec.mbs), spec.mbs)
-            score = view.score(record)
-            y = None if score is None else log_metric(view.metric, score)
-            if y is not None:
-                row = self.table.row_of(spec.zero)
-                throughput_obs.append(ThroughputObservation(row, spec.mbs, spec.gas, y))
-                trained.append(record)
-        prior_mean, prior_sd = self.table.prior()
-        throughput = ThroughputSurrogate(
-            prior_mean, prior_sd, self.table.gas_column, throughput_obs, view.metric
-        )
-        ratio = 1.0
-        if durations[True] and durations[False]:
-            ok, oom = statistics.median(durations[True]), statistics.median(durations[False])
-            ratio = min(1.0, max(0.05, oom / ok)) if ok > 0 else 1.0
-        fitted = _Fitted(
-            MemorySurrogate(memory_obs), throughput, basis, memory_model, trained, fail_from, ratio
-        )
+        steps = float(self.space.end_profile_step + 1)
+        fitted = fit_all(
+            view, self.table, self._basis[1], memory_model, width, self._block, steps,
+            self.space.grid.slots,
+        )  # fmt: skip
         self._fitted = (view.num_finished, fitted)
         return fitted
+
+    def _cost(
+        self, fitted: Fitted, scorer: BatchScorer, mbs: IntArray, gas: IntArray, fit: Array
+    ) -> Array:
+        """Each candidate's expected seconds, in units of a typical trial."""
+        samples = (mbs * gas * self.space.grid.slots).astype(float)
+        proxy = step_proxy(
+            scorer.mixture_mean(), samples, fitted.throughput.metric.smaller_is_better
+        )
+        seconds = fitted.cost.expected_s(fitted.cost.step_s(proxy), fit)
+        return np.asarray(seconds / fitted.cost.typical_s, dtype=float)
 
     def _memory_model(self, view: TrackerView) -> MemoryModel:
         assert view.profile is not None
         return self.space.memory_model(view.profile)
 
-    def _incumbent(self, fitted: _Fitted) -> float | None:
+    def _incumbent(self, fitted: Fitted) -> float | None:
         if not fitted.trained:
             return None
         surrogate = fitted.throughput
-        rows = np.array([self._row(r.spec.zero, r.spec.gas) for r in fitted.trained])
+        rows = np.array(
+            [fitted.row(self.table, r.spec.zero, r.spec.mbs, r.spec.gas) for r in fitted.trained]
+        )
         mbs = np.array([float(r.spec.mbs) for r in fitted.trained])
         gas = np.array([float(r.spec.gas) for r in fitted.trained])
         means, _ = surrogate.predict_rows(rows)
         mixture = surrogate.weights @ (means + surrogate.curve(mbs, gas))
         return float(np.max(mixture))
 
-    def _row(self, zero: Mapping[str, Any], gas: int) -> Array:
-        row = self.table.row_of(zero)
-        row[self.table.gas_column] = np.log(gas)
-        return row
-
-    def _believe_running(self, scorer: BatchScorer, fitted: _Fitted, record: TrialRecord) -> float:
+    def _believe_running(self, scorer: BatchScorer, fitted: Fitted, record: TrialRecord) -> float:
         """Condition the scorer on a running trial; returns its probability of fitting."""
         spec = record.spec
-        basis = fitted.basis
-        width = self.space.precision.bytes_per_param
-        states, buckets = basis.block_numbers(fitted.memory_model, spec.zero, width)
-        fit = float(
-            fitted.memory.fit_probability(
-                np.array([spec.stage]),
-                np.array([states]),
-                np.array([basis.activation * spec.mbs]),
-                np.array([buckets]),
-            )[0]
-        )
-        scorer.believe_pending(
-            fitted.throughput, self._row(spec.zero, spec.gas), spec.mbs, spec.gas, fit
-        )
+        fit = fitted.fit_probability(spec.zero, spec.mbs)
+        row = fitted.row(self.table, spec.zero, spec.mbs, spec.gas)
+        scorer.believe_pending(fitted.throughput, row, spec.mbs, spec.gas, fit)
         return fit
 
     # ----- state -----

@@ -16,6 +16,7 @@ wraps, will ask for nothing more.
 from __future__ import annotations
 
 import abc
+import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,14 @@ from determined_dsat.trials.tracker import Tracker
 
 EXHAUSTED = "the search space is exhausted"
 BUDGET_SPENT = "every trial of the search budget has run"
+TIME_UP = "another trial would overrun the time budget (--time-budget)"
+
+
+def out_of_time(tracker: Tracker, rounds: int) -> bool:
+    """Whether ``rounds`` more rounds of trials (each a typical trial's wall seconds) would
+    overrun the time budget; False without one, or before any trial has finished."""
+    left, typical = tracker.time_left_s, tracker.typical_duration_s()
+    return left is not None and typical is not None and left < rounds * typical
 
 
 _REQUEST_NAMESPACE = uuid.UUID("6c1b3f0e-9a52-4b8e-8f3e-2d6a3c9f7b10")
@@ -95,7 +104,15 @@ class PolicySearch(Phase):
     def ask(self, limit: int, reserve: int) -> list[TrialSpec]:
         tracker = self.tracker
         spent = tracker.limits.max_trials - reserve - tracker.num_created <= 0
-        reason = BUDGET_SPENT if spent else self.policy.stop_reason(tracker)
+        # Time for one more trial and, after it, for the reserved ones (run together).
+        rounds = 1 + math.ceil(reserve / max(1, tracker.limits.concurrent_cap))
+        reason = (
+            BUDGET_SPENT
+            if spent
+            else TIME_UP
+            if out_of_time(tracker, rounds)
+            else self.policy.stop_reason(tracker)
+        )
         if reason is None:
             room = min(limit, tracker.capacity(reserve))
             if room <= 0:
@@ -173,7 +190,8 @@ class WithConfirmation(Phase):
             if ended is not None:
                 self.state.search_end = ended
                 has_candidates = bool(top_configs(self.tracker, 1))
-                self.state.phase = "confirm" if self.k and has_candidates else "done"
+                timely = not out_of_time(self.tracker, 1)
+                self.state.phase = "confirm" if self.k and has_candidates and timely else "done"
         if self.state.phase == "confirm":
             specs += self._confirm(limit - len(specs), reserve)
         return specs

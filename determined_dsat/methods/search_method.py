@@ -92,6 +92,10 @@ class DSATSearchMethod(searcher.SearchMethod):
             search_best_metrics=tracker.best_metrics(),
         )
 
+    def note_time(self, elapsed_s: float) -> None:
+        """The search's wall seconds so far, from the runner's clock (for --time-budget)."""
+        self.tracker.note_time(elapsed_s)
+
     def note_outcome(self, request_id: str, result: TrialResult) -> None:
         """How a trial really ended (outcome, detail, duration), before the master's event:
         Determined only says ``ERRORED``; local and replay runners know more."""

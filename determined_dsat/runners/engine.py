@@ -32,6 +32,14 @@ class NotesOutcomes(Protocol):
     def note_outcome(self, request_id: str, result: TrialResult) -> None: ...
 
 
+@runtime_checkable
+class KeepsTime(Protocol):
+    """A ``SearchMethod`` that wants the search's wall seconds before each event (a time
+    budget); a cluster runner measures them itself."""
+
+    def note_time(self, elapsed_s: float) -> None: ...
+
+
 logger = logging.getLogger("determined_dsat")
 
 ENGINE_STATE_VERSION = 1
@@ -60,6 +68,7 @@ class SearchEngine:
         executor: TrialExecutor,
         on_trial_finished: TrialObserver | None = None,
         on_checkpoint: Callable[[], None] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.method = method
         self.executor = executor
@@ -72,6 +81,7 @@ class SearchEngine:
         self._events: collections.deque[tuple[str, Any]] = collections.deque()
         self._on_trial_finished = on_trial_finished
         self._on_checkpoint = on_checkpoint
+        self.clock = clock or executor.elapsed_s
 
     # ----- driving -----
     def start(self) -> None:
@@ -104,6 +114,8 @@ class SearchEngine:
         if trial is None or trial.result is not None:
             return
         trial.result = completion.result
+        if isinstance(self.method, KeepsTime):
+            self.method.note_time(self.clock())
         if isinstance(self.method, NotesOutcomes):
             self.method.note_outcome(completion.request_id, completion.result)
         if completion.result.outcome is Outcome.OK:

@@ -9,6 +9,7 @@ resume exactly (the replay's simulated clock) override ``state_dict``/``load_sta
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,14 @@ class TrialExecutor(abc.ABC):
     @abc.abstractmethod
     def cancel_all(self) -> None:
         """Stop every running trial (no completions for them)."""
+
+    def elapsed_s(self) -> float:
+        """Seconds of trial time this executor has seen: wall seconds since its first call
+        here (the replay executor's simulated clock instead)."""
+        started = getattr(self, "_started_at", None)
+        if started is None:
+            started = self._started_at = time.monotonic()
+        return time.monotonic() - float(started)
 
     def take(self, request_id: str) -> None:  # noqa: B027 - nothing to drop by default
         """Forget a running trial known to have finished (on resume)."""

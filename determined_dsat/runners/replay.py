@@ -256,6 +256,10 @@ class ReplayExecutor(TrialExecutor):
     def num_running(self) -> int:
         return len(self._heap)
 
+    def elapsed_s(self) -> float:
+        """The simulated clock: seconds of trial time, concurrency included."""
+        return self.clock
+
     def cancel_all(self) -> None:
         self._heap.clear()
 

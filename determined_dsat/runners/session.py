@@ -52,6 +52,8 @@ class Session:
         self._best_key: tuple[str, str] | None = None
         self._already_logged: set[str] = set()
         self._journaled = 0
+        self._elapsed_offset = 0.0
+        self._estimated = False
 
     def run(self) -> SearchOutcome:
         """Run (or resume) the search to its end; the caller holds the run directory."""
@@ -59,7 +61,9 @@ class Session:
             raise RuntimeError(f"enter the run directory {self.run_dir.path} before the search")
         executor = self._make_executor(self.space, self.run_dir)
         self.executor = executor
-        engine = SearchEngine(self.method, executor, self._on_trial_finished, None)
+        engine = SearchEngine(
+            self.method, executor, self._on_trial_finished, None, clock=self._elapsed_s
+        )
         engine._on_checkpoint = lambda: self._checkpoint(engine, executor)
         bar = console.ProgressBar(self.settings.max_trials, self._stream)
         self._bar = bar
@@ -77,16 +81,48 @@ class Session:
             bar.close()
         return self._outcome()
 
+    def _elapsed_s(self) -> float:
+        """The search's wall seconds, across resumes (the executor's clock: simulated on
+        replay)."""
+        return self._elapsed_offset + self.executor.elapsed_s()
+
     def _announce_plan(self) -> None:
-        """Say, before any trial runs, how many trials the search may spend."""
+        """Say, before any trial runs, how many trials and how much time the search may
+        spend."""
         plan = self.method.driver.planned_trials()
+        budget = self.settings.time_budget_s
         message = (
             f"planned budget: {self.settings.max_trials} trials at most (profiling trial "
             f"included), {self.method.tracker.limits.concurrent_cap} at once"
+            + ("" if budget is None else f", within {_duration(budget)} (--time-budget)")
             + (f"; {plan}" if plan else "")
         )
+        self._say(message)
+
+    def _say(self, message: str) -> None:
         logger.info("%s", message)
         print(f"dsat: {message}", file=self._stream, flush=True)
+
+    def _estimate_wall_time(self) -> None:
+        """Once a trial has trained, say how long the rest of the search will take at that
+        pace (once)."""
+        tracker = self.method.tracker
+        typical = tracker.typical_duration_s()
+        trained = any(r.succeeded and r.spec.kind is not TrialKind.PROFILE
+                      for r in tracker.finished_records())  # fmt: skip
+        if self._estimated or typical is None or not trained:
+            return
+        self._estimated = True
+        left = max(0, tracker.limits.max_trials - tracker.num_finished)
+        rounds = -(-left // max(1, tracker.limits.concurrent_cap))
+        estimate = rounds * typical
+        budget = tracker.time_left_s
+        if budget is not None:
+            estimate = min(estimate, max(0.0, budget))
+        self._say(
+            f"a trial takes about {_duration(typical)}; the rest of the search at most about "
+            f"{_duration(estimate)} ({left} trials, {tracker.limits.concurrent_cap} at once)"
+        )
 
     # ----- resume -----
     def _resume(self, engine: SearchEngine, executor: TrialExecutor) -> None:
@@ -117,6 +153,9 @@ class Session:
             executor.load_state_dict(state["executor"])
         else:
             engine.resume(finished=frozenset(logged))
+        # The time already spent counts against --time-budget; the clock goes on from it.
+        self._elapsed_offset = self.method.tracker.elapsed_s - executor.elapsed_s()
+        self._estimated = True
         self._already_logged = set(logged)
         self._restore_best()
         for trial in list(engine.trials.values()):
@@ -166,7 +205,8 @@ class Session:
             self._best_key = key
             self.run_dir.write_best(self.method.best_ds_config() or {}, metrics)
         label = None if best is None else console.best_label(best, self.settings.metric)
-        self._bar.update(tracker.num_finished, tracker.num_running, label)
+        self._bar.update(tracker.num_finished, tracker.num_running, label, tracker.time_left_s)
+        self._estimate_wall_time()
 
     def _checkpoint(self, engine: SearchEngine, executor: TrialExecutor) -> None:
         fresh = self.method.tracker.finished_since(self._journaled)
@@ -208,3 +248,12 @@ def _describe_result(record: TrialRecord, settings: SearchSettings) -> str:
     if record.result.detail:
         text += f" ({record.result.detail})"
     return text
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``2.5 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

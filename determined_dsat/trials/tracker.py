@@ -27,6 +27,7 @@ class Limits:
     max_concurrent_trials: int
     slots_per_trial: int
     max_slots: int | None = None
+    time_budget_s: float | None = None  # wall seconds of the whole search (--time-budget)
 
     @property
     def concurrent_cap(self) -> int:
@@ -58,6 +59,7 @@ class Tracker:
         self._oom_mbs_by_stage: dict[int, list[int]] = {}
         self._trials_since_best = 0
         self._scored_search = 0
+        self.elapsed_s = 0.0  # the search's wall seconds so far, as the runner measures them
         self._profile_id: str | None = None
         self._baseline_id: str | None = None
         self._confirmations: dict[str, list[str]] = {}
@@ -257,6 +259,30 @@ class Tracker:
         i = 0 if max_ok is None else bisect.bisect_right(ooms, max_ok)
         return max_ok, (ooms[i] if i < len(ooms) else None)
 
+    def note_time(self, elapsed_s: float) -> None:
+        """The search's wall seconds so far (the runner's clock; never goes back)."""
+        self.elapsed_s = max(self.elapsed_s, float(elapsed_s))
+
+    @property
+    def time_left_s(self) -> float | None:
+        """Seconds left of ``--time-budget``; None without one."""
+        budget = self.limits.time_budget_s
+        return None if budget is None else budget - self.elapsed_s
+
+    def typical_duration_s(self) -> float | None:
+        """The median wall seconds of the finished trials that trained (the profiling trial
+        too while nothing else has), or None before any finished."""
+        trained = [r.result.duration_s for r in self.finished_records()
+                   if r.result is not None and r.result.duration_s is not None
+                   and r.succeeded and r.spec.kind is not TrialKind.PROFILE]  # fmt: skip
+        if not trained:
+            profile = self.profile_record
+            if profile is None or profile.result is None:
+                return None
+            return profile.result.duration_s
+        trained.sort()
+        return trained[len(trained) // 2]
+
     @property
     def num_scored_search(self) -> int:
         """Search trials that trained and reported the metric."""
@@ -294,6 +320,7 @@ class Tracker:
             "version": STATE_VERSION,
             "metric": self.metric.value,
             "limits": self.limits.to_json(),
+            "elapsed_s": self.elapsed_s,
             "profile": None if self.profile is None else self.profile.to_json(),
             "journaled": journaled,
             "winner": None if self._winner is None else list(self._winner),
@@ -312,6 +339,7 @@ class Tracker:
         if len(journal) < journaled:
             raise ValueError(f"the state needs {journaled} journaled trials, found {len(journal)}")
         tracker = cls(Metric.parse(data["metric"]), Limits(**data["limits"]))
+        tracker.elapsed_s = float(data.get("elapsed_s", 0.0))
         if data.get("profile") is not None:
             tracker.profile = ModelProfile.from_metrics(data["profile"])
         rows = [*journal[:journaled], *data["records"]]

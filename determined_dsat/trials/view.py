@@ -32,6 +32,15 @@ class TrackerView(Protocol):
     @property
     def trials_since_best(self) -> int: ...
 
+    @property
+    def time_left_s(self) -> float | None:
+        """Seconds left of the time budget; None without one."""
+        ...
+
+    def typical_duration_s(self) -> float | None:
+        """The median wall seconds of the finished trials that trained."""
+        ...
+
     def __getitem__(self, request_id: str) -> TrialRecord: ...
 
     def records(self) -> Iterator[TrialRecord]:

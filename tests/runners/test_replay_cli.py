@@ -103,6 +103,11 @@ def _isolate_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def model(tmp_path: pathlib.Path) -> pathlib.Path:
+    return make_model(tmp_path)
+
+
+def make_model(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A model dir with the replay functions, its ds_config and ``deepspeed.yaml``."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "ds_config.json").write_text(json.dumps(DS_CONFIG))

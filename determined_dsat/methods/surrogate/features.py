@@ -68,6 +68,26 @@ def bucket_elements(zero: Mapping[str, Any]) -> float:
     return elements * (2.0 if overlap_comm(zero) else 1.0)
 
 
+FLUSH_START = 0.8
+"""Predicted memory use (a fraction of usable memory) above which the caching allocator
+may start flushing: DeepSpeed warns "pytorch allocator cache flushes since last step",
+and a step near the limit costs 5-25 % more."""
+FLUSH_PRIOR_SD = 0.2
+MBS_REF = 32.0
+MBS_SLOPE_PRIOR_SD = 0.1
+"""Prior sd of the power of the micro-batch beyond saturation: zero on average, but
+caches (on CPUs especially) make throughput fall with the micro-batch past some size."""
+
+
+def fill_mbs_features(table: BlockTable, rows: Array, mbs: Array, memory_fraction: Array) -> Array:
+    """Set the micro-batch columns of feature ``rows`` (in place; returned): how far the
+    predicted memory use is into the flushing zone, and log of the micro-batch."""
+    flush = np.maximum(np.asarray(memory_fraction, dtype=float) - FLUSH_START, 0.0)
+    rows[:, table.flush_column] = np.minimum(flush / (1.0 - FLUSH_START), 1.5)
+    rows[:, table.mbs_column] = np.log(np.asarray(mbs, dtype=float) / MBS_REF)
+    return rows
+
+
 @attrs.frozen
 class KnobFeature:
     """How one knob enters the throughput model.
@@ -109,8 +129,9 @@ def _knob_feature(name: str, values: Sequence[Any], first_column: int) -> KnobFe
 class BlockTable:
     """Every ZeRO block of a space, with its memory numbers and throughput features.
 
-    Throughput columns: one intercept, one per stage, ``log(gas)``, then the knob
-    features (shared by every stage whose table has the knob).
+    Throughput columns: one intercept, one per stage, ``log(gas)``, the knob features
+    (shared by every stage whose table has the knob), then two that depend on the
+    micro-batch (:func:`fill_mbs_features`; zero in ``block_rows``).
     """
 
     def __init__(self, space: ConfigSpace) -> None:
@@ -132,7 +153,10 @@ class BlockTable:
         self.knobs = self._knob_features(space)
         self.stage_column = {s: 1 + i for i, s in enumerate(self.stages)}
         self.gas_column = 1 + len(self.stages)
-        self.num_columns = self.gas_column + 1 + sum(len(k.columns) for k in self.knobs)
+        knob_end = self.gas_column + 1 + sum(len(k.columns) for k in self.knobs)
+        self.flush_column = knob_end
+        self.mbs_column = knob_end + 1
+        self.num_columns = knob_end + 2
         self.block_rows = np.array([self._block_row(b) for b in self.blocks])
 
     def _knob_features(self, space: ConfigSpace) -> list[KnobFeature]:
@@ -180,6 +204,8 @@ class BlockTable:
             mean[column] = STAGE_PRIOR.get(stage, 0.0)
             sd[column] = 0.15
         sd[self.gas_column] = 0.05
+        sd[self.flush_column] = FLUSH_PRIOR_SD
+        sd[self.mbs_column] = MBS_SLOPE_PRIOR_SD
         for knob in self.knobs:
             if knob.kind == "log":
                 linear, square = knob.columns

@@ -6,11 +6,12 @@ correction, plus the communication buckets the memory model leaves out::
     c[stage] * states(stage, offload) + a * activation * mbs + beta * buckets(zero)  <=  usable
 
 The corrections ``w = (c[0..3], a, beta)`` start from a Gaussian prior centred on the
-memory model (``c = a = beta = 1``) and are learnt from every trial that trained (the
-inequality held) or ran out of memory (it did not). Each observation is a probit
-constraint on the linear function ``w . phi``; the posterior is approximated by a
-Gaussian with expectation propagation (Minka, UAI 2001, "Expectation Propagation for
-approximate Bayesian inference"; the linear-classifier case is his Bayes point machine).
+memory model (``c = beta = 1``; ``a`` at 1.5, see :data:`PRIOR_MEAN_ACTIVATION`) and are
+learnt from every trial that trained (the inequality held) or ran out of memory (it did
+not). Each observation is a probit constraint on the linear function ``w . phi``; the
+posterior is approximated by a Gaussian with expectation propagation (Minka, UAI 2001,
+"Expectation Propagation for approximate Bayesian inference"; the linear-classifier case
+is his Bayes point machine).
 The probability that a configuration fits is then ``Phi((1 - mean) / sd)`` of
 ``w . phi`` (everything in units of usable bytes).
 
@@ -37,7 +38,12 @@ NUM_WEIGHTS = 6  # c[0], c[1], c[2], c[3], a, beta
 _A, _BETA = 4, 5
 PRIOR_SD_STATES = 0.2
 PRIOR_CORRELATION_STATES = 0.5
-PRIOR_SD_ACTIVATION = 0.25
+PRIOR_MEAN_ACTIVATION = 1.5
+PRIOR_SD_ACTIVATION = 0.45
+"""DeepSpeed's profile (``activation_mem_per_gpu``) measures the forward pass at
+micro-batch 1 only; the backward pass's transients, the logits and loss buffers and the
+allocator's fragmentation come on top, so a step really needs 1.2-2x (sometimes more)
+per sample. The prior says so, with room for either side."""
 PRIOR_SD_BUCKETS = 0.5
 NOISE = 0.003
 """Probit noise, as a fraction of usable memory: run-to-run jitter (allocator, workspace)."""
@@ -76,6 +82,7 @@ def features(
 def prior() -> tuple[Array, Array]:
     """Prior mean and covariance of the corrections ``w``."""
     mean = np.ones(NUM_WEIGHTS)
+    mean[_A] = PRIOR_MEAN_ACTIVATION
     cov = np.zeros((NUM_WEIGHTS, NUM_WEIGHTS))
     var = PRIOR_SD_STATES**2
     cov[:4, :4] = var * PRIOR_CORRELATION_STATES
@@ -159,6 +166,12 @@ class MemorySurrogate:
         )
         p = np.where(_dominates_any(self._ok, stage_arr, terms, larger=False), 1.0, p)
         return np.where(_dominates_any(self._oom, stage_arr, terms, larger=True), 0.0, p)
+
+    def mean_fraction(
+        self, stage: Array, states: Array, activation: Array, buckets: Array
+    ) -> Array:
+        """The posterior mean of predicted memory use, as a fraction of usable memory."""
+        return np.asarray(features(stage, states, activation, buckets) @ self.mean)
 
     def boundary(self, stage: Array, states: Array, buckets: Array, z: float) -> Array:
         """Activation term (``activation per sample * mbs``) at which a block's fit

@@ -16,6 +16,7 @@ import json
 import logging
 import pathlib
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -64,6 +65,7 @@ class ClusterSearchRunner(searcher.RemoteSearchRunner):
         self.full_experiment_id: int | None = None
         self._reported_best: str | None = None
         self._shutdown_posted = False
+        self._clock_start: float | None = None
 
     def run_experiment(
         self,
@@ -96,6 +98,16 @@ class ClusterSearchRunner(searcher.RemoteSearchRunner):
             raise
         if any(isinstance(op, searcher.Shutdown) for op in operations):
             self._shutdown_posted = True
+
+    def _get_operations(self, event: Any) -> list[searcher.Operation]:
+        # The runner's wall clock, across restarts (the tracker keeps what was spent), is the
+        # search's clock for --time-budget.
+        now = time.monotonic()
+        if self._clock_start is None:
+            self._clock_start = now - self.method.tracker.elapsed_s
+        self.method.note_time(now - self._clock_start)
+        operations: list[searcher.Operation] = super()._get_operations(event)
+        return operations
 
     @property
     def search_finished(self) -> bool:

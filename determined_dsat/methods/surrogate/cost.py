@@ -1,0 +1,121 @@
+"""What a trial costs in wall seconds, learnt from the trials that finished.
+
+A trial that trains spends a fixed startup (processes, DeepSpeed's initialisation, the
+model build) and then a number of training steps, each of which takes the samples it
+processes (``mbs * gas * slots``) over the throughput::
+
+    duration = startup + steps * mbs * gas * slots / throughput
+
+``startup`` and ``steps`` are fitted by least squares to the trials that trained (their
+measured throughput gives each one's step time); the profiling trial, which runs one
+step at micro-batch 1, gives the startup before any search trial has finished. A trial
+that runs out of memory fails during its first step: it costs the median of the OOM trials
+seen, or the startup before there is one. The search ranks candidates by expected
+improvement per expected second with these costs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.float64]
+
+MIN_STARTUP_FRACTION = 0.05
+"""The startup is at least this fraction of the shortest trial that trained."""
+
+
+@attrs.frozen
+class TrainedRun:
+    """A trial that trained: its wall seconds, samples per step and throughput (samples/s)."""
+
+    duration_s: float
+    samples_per_step: float
+    throughput: float
+
+    @property
+    def step_s(self) -> float:
+        return self.samples_per_step / self.throughput
+
+
+def step_proxy(log_metric: Array, samples: Array, smaller_is_better: bool) -> Array:
+    """What a step's seconds are proportional to, from the modelled log metric: samples
+    over the metric when larger is better (throughput, FLOPS), the seconds themselves when
+    smaller is better (latency, forward, backward)."""
+    if smaller_is_better:
+        return np.asarray(np.exp(-log_metric), dtype=float)
+    return np.asarray(samples * np.exp(-log_metric), dtype=float)
+
+
+@attrs.frozen
+class CostModel:
+    """Expected wall seconds of trials: ``startup_s + steps * step seconds`` when they train,
+    ``oom_s`` when they run out of memory. A step's seconds are ``scale`` times
+    :func:`step_proxy` of the metric (1 for throughput)."""
+
+    startup_s: float
+    steps: float
+    oom_s: float
+    scale: float = 1.0
+
+    @classmethod
+    def fit(
+        cls,
+        trained: Sequence[TrainedRun],
+        oom_durations: Sequence[float],
+        profile_s: float | None,
+        default_steps: float,
+        proxies: Sequence[float] = (),
+    ) -> CostModel:
+        """Fit to what finished; ``profile_s``: the profiling trial's seconds (None if
+        unknown); ``default_steps``: steps a trial runs before anything says otherwise;
+        ``proxies``: each trained run's :func:`step_proxy`, to calibrate ``scale``."""
+        startup, steps = _fit_trained(trained, profile_s, default_steps)
+        oom = statistics.median(oom_durations) if oom_durations else startup
+        ratios = [r.step_s / p for r, p in zip(trained, proxies) if p > 0]
+        scale = statistics.median(ratios) if ratios else 1.0
+        return cls(startup, steps, max(oom, 1e-3), scale)
+
+    def step_s(self, proxy: Array) -> Array:
+        """Step seconds from :func:`step_proxy`."""
+        return np.asarray(self.scale * proxy, dtype=float)
+
+    def trained_s(self, step_s: Array) -> Array:
+        """Seconds of trials that train with these step times."""
+        return np.asarray(self.startup_s + self.steps * step_s, dtype=float)
+
+    def expected_s(self, step_s: Array, fit: Array) -> Array:
+        """Expected seconds of candidates that fit with probability ``fit``."""
+        return np.asarray(fit * self.trained_s(step_s) + (1.0 - fit) * self.oom_s, dtype=float)
+
+    @property
+    def typical_s(self) -> float:
+        """A trial of the present scale (the unit of ``--min-improvement`` per trial)."""
+        return max(self.startup_s, 1e-3)
+
+
+def _fit_trained(
+    trained: Sequence[TrainedRun], profile_s: float | None, default_steps: float
+) -> tuple[float, float]:
+    runs = [r for r in trained if r.throughput > 0 and r.duration_s > 0]
+    if not runs:
+        return (profile_s if profile_s else 1.0), default_steps
+    shortest = min(r.duration_s for r in runs)
+    if len(runs) >= 2 and np.ptp([r.step_s for r in runs]) > 1e-9:
+        x = np.array([[1.0, r.step_s] for r in runs])
+        y = np.array([r.duration_s for r in runs])
+        (startup, steps), *_ = np.linalg.lstsq(x, y, rcond=None)
+        if startup >= MIN_STARTUP_FRACTION * shortest and steps > 0:
+            return float(startup), float(steps)
+    # Too little spread to fit both: trust the profile's startup (or the default steps).
+    if profile_s is not None and profile_s < shortest:
+        startup = profile_s
+        steps = statistics.median((r.duration_s - startup) / r.step_s for r in runs)
+        return startup, max(float(steps), 1.0)
+    steps = default_steps
+    startup = statistics.median(r.duration_s - steps * r.step_s for r in runs)
+    return max(float(startup), MIN_STARTUP_FRACTION * shortest), steps

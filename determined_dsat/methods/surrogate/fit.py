@@ -1,0 +1,198 @@
+"""The ``model`` search's surrogates fitted to the finished trials: memory (which
+configurations fit), throughput (how fast they train) and cost (how long they take).
+
+Every finished trial that trained or ran out of memory is memory evidence; every one that
+trained is a throughput observation (search trials, re-measurements and the baseline
+alike: a re-measurement is what tells noise from signal). A crash or timeout rules out
+that micro-batch and every larger one of its block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+from numpy.typing import NDArray
+
+from determined_dsat.methods.surrogate.cost import CostModel, TrainedRun, step_proxy
+from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, fill_mbs_features
+from determined_dsat.methods.surrogate.memory import MemoryObservation, MemorySurrogate
+from determined_dsat.methods.surrogate.throughput import (
+    ThroughputObservation,
+    ThroughputSurrogate,
+    log_metric,
+)
+from determined_dsat.space.memory import MemoryModel
+from determined_dsat.space.metric import Metric
+from determined_dsat.trials.records import Outcome, TrialKind, TrialRecord
+from determined_dsat.trials.view import TrackerView
+
+Array = NDArray[np.float64]
+EVIDENCE = (TrialKind.SEARCH, TrialKind.CONFIRM, TrialKind.BASELINE)
+
+
+@attrs.frozen
+class Fitted:
+    """Surrogates fitted to the finished trials, and facts derived from them."""
+
+    memory: MemorySurrogate
+    throughput: ThroughputSurrogate
+    cost: CostModel
+    basis: MemoryBasis
+    memory_model: MemoryModel
+    trained: list[TrialRecord]
+    fail_from: dict[int, int]  # block -> smallest micro-batch that crashed or timed out
+    width: int  # bytes per element of the training precision
+
+    def memory_terms(self, zero: Mapping[str, Any], mbs: int) -> tuple[int, float, float, float]:
+        """(stage, states, activation, buckets) of any configuration, in usable bytes."""
+        states, buckets = self.basis.block_numbers(self.memory_model, zero, self.width)
+        return int(zero.get("stage", 0)), states, self.basis.activation * mbs, buckets
+
+    def fit_probability(self, zero: Mapping[str, Any], mbs: int) -> float:
+        stage, states, activation, buckets = self.memory_terms(zero, mbs)
+        return float(
+            self.memory.fit_probability(
+                np.array([stage]), np.array([states]), np.array([activation]), np.array([buckets])
+            )[0]
+        )
+
+    def row(self, table: BlockTable, zero: Mapping[str, Any], mbs: int, gas: int) -> Array:
+        """The throughput feature row of any configuration."""
+        stage, states, activation, buckets = self.memory_terms(zero, mbs)
+        fraction = self.memory.mean_fraction(
+            np.array([stage]), np.array([states]), np.array([activation]), np.array([buckets])
+        )
+        row = table.row_of(zero)
+        row[table.gas_column] = np.log(gas)
+        filled = fill_mbs_features(table, row[None, :], np.array([mbs]), fraction)
+        return np.asarray(filled[0], dtype=float)
+
+
+def fit_all(
+    view: TrackerView,
+    table: BlockTable,
+    basis: MemoryBasis,
+    memory_model: MemoryModel,
+    width: int,
+    block_of: Any,
+    default_steps: float,
+    slots: int,
+) -> Fitted:
+    """Fit the three surrogates to ``view``'s finished trials (``block_of(record)``: the
+    table index of a record's block, or None)."""
+    finished = sorted(
+        (r for r in view.records() if r.spec.kind in EVIDENCE and r.finished),
+        key=lambda r: r.spec.seq,
+    )
+    memory_obs: list[MemoryObservation] = []
+    trained: list[TrialRecord] = []
+    oom_s: list[float] = []
+    fail_from: dict[int, int] = {}
+    for record in finished:
+        assert record.result is not None
+        outcome, spec = record.result.outcome, record.spec
+        if outcome in (Outcome.OK, Outcome.OOM):
+            states, buckets = basis.block_numbers(memory_model, spec.zero, width)
+            activation = basis.activation * spec.mbs
+            fitted_ok = outcome is Outcome.OK
+            memory_obs.append(MemoryObservation(spec.stage, states, activation, buckets, fitted_ok))
+            if not fitted_ok and record.result.duration_s is not None:
+                oom_s.append(record.result.duration_s)
+        elif outcome.too_big and spec.kind is TrialKind.SEARCH:
+            block = block_of(record)
+            if block is not None:
+                fail_from[block] = min(fail_from.get(block, spec.mbs), spec.mbs)
+        score = view.score(record)
+        searched_stage = spec.stage in table.stages  # the baseline may be at another stage
+        if searched_stage and score is not None and log_metric(view.metric, score) is not None:
+            trained.append(record)
+    memory = MemorySurrogate(memory_obs)
+    partial = Fitted(
+        memory, _no_throughput(table, view.metric), CostModel(1.0, default_steps, 1.0),
+        basis, memory_model, trained, fail_from, width,
+    )  # fmt: skip
+    observations = [_observation(partial, table, view, r) for r in trained]
+    prior_mean, prior_sd = table.prior()
+    throughput = ThroughputSurrogate(
+        prior_mean, prior_sd, table.gas_column, observations, view.metric
+    )
+    runs, proxies = [], []
+    smaller = view.metric.smaller_is_better
+    for record, obs in zip(trained, observations):
+        run = _trained_run(record, slots, view.metric)
+        if run is not None:
+            runs.append(run)
+            proxies.append(
+                float(step_proxy(np.array(obs.y), np.array(run.samples_per_step), smaller))
+            )
+    cost = CostModel.fit(runs, oom_s, _profile_seconds(view), default_steps, proxies)
+    return attrs.evolve(partial, throughput=throughput, cost=cost)
+
+
+def _observation(
+    fitted: Fitted, table: BlockTable, view: TrackerView, record: TrialRecord
+) -> ThroughputObservation:
+    spec = record.spec
+    score = view.score(record)
+    assert score is not None
+    y = log_metric(view.metric, score)
+    assert y is not None
+    return ThroughputObservation(
+        fitted.row(table, spec.zero, spec.mbs, spec.gas), spec.mbs, spec.gas, y
+    )
+
+
+def _no_throughput(table: BlockTable, metric: Metric) -> ThroughputSurrogate:
+    prior_mean, prior_sd = table.prior()
+    return ThroughputSurrogate(prior_mean, prior_sd, table.gas_column, [], metric)
+
+
+def _trained_run(record: TrialRecord, slots: int, metric: Metric) -> TrainedRun | None:
+    result = record.result
+    if result is None or result.duration_s is None:
+        return None
+    spec = record.spec
+    samples = float(spec.mbs * spec.gas * slots)
+    throughput = _number(result.metrics.get(Metric.THROUGHPUT.value))
+    if throughput is None:
+        latency = _number(result.metrics.get(Metric.LATENCY.value))
+        throughput = None if latency is None or latency <= 0 else samples / latency
+    if throughput is None or throughput <= 0:
+        return None
+    return TrainedRun(result.duration_s, samples, throughput)
+
+
+def _profile_seconds(view: TrackerView) -> float | None:
+    profile = next((r for r in view.records() if r.spec.kind is TrialKind.PROFILE), None)
+    if profile is None or profile.result is None:
+        return None
+    return profile.result.duration_s
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def candidate_rows(
+    fitted: Fitted,
+    table: BlockTable,
+    cand_block: Sequence[int] | NDArray[np.int64],
+    cand_mbs: Array,
+    cand_gas: Array,
+) -> Array:
+    """The throughput feature rows of candidates (one row each)."""
+    blocks = np.asarray(cand_block, dtype=np.int64)
+    basis = fitted.basis
+    fraction = fitted.memory.mean_fraction(
+        table.stage_of[blocks],
+        basis.states[blocks],
+        np.asarray(basis.activation * cand_mbs, dtype=float),
+        basis.buckets[blocks],
+    )
+    rows = table.block_rows[blocks].copy()
+    rows[:, table.gas_column] = np.log(np.asarray(cand_gas, dtype=float))
+    return fill_mbs_features(table, rows, cand_mbs, fraction)
