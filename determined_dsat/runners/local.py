@@ -2,8 +2,10 @@
 
 Every trial gets its own directory under ``RUN_DIR/trials/`` (the model dir linked in,
 the trial sheet, one log per rank, DeepSpeed's output files), disjoint slots
-(``CUDA_VISIBLE_DEVICES`` on GPUs, CPU affinity on CPUs), its own rendezvous port and
-its own process group, so a timeout or Ctrl-C ends every process it started.
+(``CUDA_VISIBLE_DEVICES`` on GPUs, CPU affinity on CPUs), ports no other running trial
+holds (``ports.py``; a trial whose port another program took is started again) and its
+own process groups, so a timeout or Ctrl-C ends every process it started, and a killed
+runner takes them with it (``orphans.py``).
 """
 
 from __future__ import annotations
