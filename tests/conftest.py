@@ -9,6 +9,10 @@ import types
 
 import pytest
 import yaml
+from ci_support import (  # noqa: F401 (pytest hooks: under CI=true a skip fails)
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 from cli_support import Launch
 from hypothesis import settings
 

@@ -2,21 +2,19 @@
 
 Every trial gets its own directory under ``RUN_DIR/trials/`` (the model dir linked in,
 the trial sheet, one log per rank, DeepSpeed's output files), disjoint slots
-(``CUDA_VISIBLE_DEVICES`` on GPUs, CPU affinity on CPUs), its own rendezvous port and
-its own process group, so a timeout or Ctrl-C ends every process it started.
+(``CUDA_VISIBLE_DEVICES`` on GPUs, CPU affinity on CPUs), ports no other running trial
+holds (``ports.py``; a trial whose port another program took is started again) and its
+own process groups, so a timeout or Ctrl-C ends every process it started, and a killed
+runner takes them with it (``orphans.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pathlib
-import resource
 import selectors
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,11 +24,20 @@ from typing import Any
 import attrs
 
 from determined_dsat.integration.local_context import METRICS_NAME, SHEET_NAME, TrialSheet
-from determined_dsat.runners.devices import Slots
+from determined_dsat.runners.devices import Slots, check_slots_per_trial
 from determined_dsat.runners.entrypoint import LocalCommand
 from determined_dsat.runners.executor import Completion, TrialExecutor
 from determined_dsat.runners.ext_locks import clear_stale_locks
-from determined_dsat.runners.outcome import TrialEnding, classify
+from determined_dsat.runners.orphans import deathsig_available, die_with_parent, start_watchdog
+from determined_dsat.runners.outcome import TrialEnding, classify, port_clash
+from determined_dsat.runners.ports import NoFreePorts, PortAllocator, free_ports, shared_allocator
+from determined_dsat.runners.rank import (
+    KILL_GRACE_S,
+    kill_group,
+    rank_env,
+    remove_shared_memory,
+    spawn_rank,
+)
 from determined_dsat.settings import DEFAULT_TRIAL_TIMEOUT_S
 from determined_dsat.space.ds_config import (
     AUTOTUNING_KEY,
@@ -39,12 +46,22 @@ from determined_dsat.space.ds_config import (
     OVERWRITE_KEY,
 )
 
+# free_ports and die_with_parent are imported from here by benchmarks and the warm-up.
+__all__ = [
+    "LocalExecutor",
+    "LocalTrialOptions",
+    "die_with_parent",
+    "free_ports",
+    "remove_shared_memory",
+]
+
 logger = logging.getLogger("determined_dsat")
 
 # After one rank fails, the others usually hang in a collective; give them this long.
 RANK_FAILURE_GRACE_S = 15.0
-KILL_GRACE_S = 5.0
-_PR_SET_PDEATHSIG = 1
+# A trial whose rank found its port taken by another program is started again on other
+# ports, this many times at most, before its ending counts.
+PORT_CLASH_RETRIES = 3
 _OUTPUTS = (SHEET_NAME, METRICS_NAME, METRIC_PATH, MODEL_INFO_PATH)
 
 
@@ -67,18 +84,25 @@ class LocalTrialOptions:
 class _Running:
     request_id: str
     length: int
+    hparams: Mapping[str, Any]
     trial_dir: pathlib.Path
-    slots: list[int]
+    slots: list[str]
     procs: list[subprocess.Popen[bytes]]
     logs: list[pathlib.Path]
     started: float
-    autotuning: bool
     deadline: float
-    port: int = 0
+    ports: tuple[int, ...]
+    attempt: int = 1
     failed_at: float | None = None
     timed_out: bool = False
     killed_by_us: bool = False
     pidfds: list[int] = attrs.field(factory=list)
+    watchdog: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        """The rendezvous port (``MASTER_PORT``), which names DeepSpeed's shm buffers."""
+        return self.ports[0]
 
 
 class LocalExecutor(TrialExecutor):
@@ -89,7 +113,9 @@ class LocalExecutor(TrialExecutor):
         options: LocalTrialOptions,
         slots: Slots,
         trial_dir_of: Callable[[str], pathlib.Path],
+        ports: PortAllocator | None = None,
     ) -> None:
+        check_slots_per_trial(slots, options.slots_per_trial, "the experiment config")
         self.options = options
         self.slots = slots
         self._trial_dir_of = trial_dir_of
@@ -97,6 +123,8 @@ class LocalExecutor(TrialExecutor):
         self._running: dict[str, _Running] = {}
         self._selector = selectors.DefaultSelector()
         self._launches = 0
+        self._ports = shared_allocator() if ports is None else ports
+        self._watchdogs = not deathsig_available()
 
     # ----- TrialExecutor -----
     @property
@@ -107,6 +135,7 @@ class LocalExecutor(TrialExecutor):
         n = self.options.slots_per_trial
         if len(self._free) < n:
             raise RuntimeError(f"no {n} free slot(s) for trial {request_id}; the search overbooked")
+        ports = self._ports.reserve(request_id, 3)
         slots, self._free = self._free[:n], self._free[n:]
         trial_dir = self._prepare_dir(request_id)
         sheet = TrialSheet(
@@ -119,7 +148,19 @@ class LocalExecutor(TrialExecutor):
         )
         sheet.write(trial_dir / SHEET_NAME)
         self._launches += 1
-        ports = free_ports(3)
+        self._start(request_id, hparams, length, trial_dir, slots, ports, attempt=1)
+
+    def _start(
+        self,
+        request_id: str,
+        hparams: Mapping[str, Any],
+        length: int,
+        trial_dir: pathlib.Path,
+        slots: list[str],
+        ports: tuple[int, ...],
+        attempt: int,
+    ) -> None:
+        n = self.options.slots_per_trial
         procs: list[subprocess.Popen[bytes]] = []
         logs: list[pathlib.Path] = []
         for rank in range(n):
@@ -130,15 +171,18 @@ class LocalExecutor(TrialExecutor):
         running = _Running(
             request_id=request_id,
             length=length,
+            hparams=hparams,
             trial_dir=trial_dir,
             slots=slots,
             procs=procs,
             logs=logs,
             started=now,
-            autotuning=_autotuning_on(hparams),
             deadline=now + self.options.trial_timeout_s,
-            port=ports[0],
+            ports=ports,
+            attempt=attempt,
         )
+        if self._watchdogs:
+            running.watchdog = start_watchdog([p.pid for p in procs], self.options.python)
         self._watch(running)
         self._running[request_id] = running
 
@@ -146,13 +190,15 @@ class LocalExecutor(TrialExecutor):
         while True:
             for running in list(self._running.values()):
                 if self._advance(running):
-                    return self._finish(running)
+                    completion = self._finish(running)
+                    if completion is not None:
+                        return completion
             self._wait()
 
     def cancel_all(self) -> None:
         for running in list(self._running.values()):
             running.killed_by_us = True
-            _kill_group(running.procs)
+            kill_group(running.procs)
         for running in list(self._running.values()):
             for proc in running.procs:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -185,51 +231,14 @@ class LocalExecutor(TrialExecutor):
         trial_dir: pathlib.Path,
         rank: int,
         world: int,
-        slots: list[int],
-        ports: list[int],
+        slots: list[str],
+        ports: tuple[int, ...],
         log: pathlib.Path,
     ) -> subprocess.Popen[bytes]:
-        env = dict(os.environ)
-        env.update(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(world),
-            LOCAL_WORLD_SIZE=str(world),
-            LOCAL_SIZE=str(world),
-            CROSS_RANK="0",
-            CROSS_SIZE="1",
-            GROUP_RANK="0",
-            GROUP_WORLD_SIZE="1",
-            DET_CHIEF_IP="127.0.0.1",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(ports[0]),
-            # Determined's DistributedContext binds these; fixed defaults would clash
-            # between concurrent trials.
-            INTER_TRAIN_PROCESS_COMM_PORT_1=str(ports[1]),
-            INTER_TRAIN_PROCESS_COMM_PORT_2=str(ports[2]),
-            PYTHONUNBUFFERED="1",
-            OMP_NUM_THREADS=str(self.options.threads_per_rank),
-        )
-        if self.slots.gpu:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(s) for s in slots)
-        else:
-            env["DS_ACCELERATOR"] = "cpu"
+        env = rank_env(rank, world, ports, slots, self.slots.gpu, self.options.threads_per_rank)
+        cpu = None if self.slots.gpu else int(slots[rank])
         command = self._command(trial_dir)
-        cpu = None if self.slots.gpu else slots[rank]
-        limit = self.options.memory_limit_mb
-        with log.open("wb") as out:
-            return subprocess.Popen(
-                command,
-                cwd=trial_dir,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                # Each rank leads its own session and process group (a process cannot join
-                # a group in another session); cleanup signals every rank's group.
-                start_new_session=True,
-                preexec_fn=lambda: _limit_child(cpu, limit),
-            )
+        return spawn_rank(command, trial_dir, env, log, cpu, self.options.memory_limit_mb)
 
     def _command(self, trial_dir: pathlib.Path) -> list[str]:
         bootstrap = [self.options.python, "-m", "determined_dsat.integration.bootstrap"]
@@ -287,15 +296,16 @@ class LocalExecutor(TrialExecutor):
                 running.request_id[:8],
                 self.options.trial_timeout_s,
             )
-            _kill_group(running.procs)
+            kill_group(running.procs)
         elif running.failed_at is not None and now >= running.failed_at + RANK_FAILURE_GRACE_S:
             # The survivors are stuck in a collective; their SIGKILL is ours, not an OOM.
             running.killed_by_us = True
-            _kill_group(running.procs)
+            kill_group(running.procs)
         return False
 
-    def _finish(self, running: _Running) -> Completion:
-        self._release(running)
+    def _finish(self, running: _Running) -> Completion | None:
+        """The trial's completion, or None when it was started again after a port clash."""
+        self._release(running, keep_slots=True)
         remove_shared_memory(running.port)
         clear_stale_locks()
         del self._running[running.request_id]
@@ -306,91 +316,65 @@ class LocalExecutor(TrialExecutor):
             duration_s=time.monotonic() - running.started,
             timed_out=running.timed_out,
             killed_by_us=running.killed_by_us,
-            autotuning=running.autotuning,
+            autotuning=_autotuning_on(running.hparams),
         )
+        if running.attempt <= PORT_CLASH_RETRIES and port_clash(ending):
+            with contextlib.suppress(NoFreePorts):  # then the clash is its ending
+                self._restart_after_port_clash(running)
+                return None
+        self._free_slots(running)
         return Completion(
             request_id=running.request_id, result=classify(ending), length=running.length
         )
 
-    def _release(self, running: _Running) -> None:
+    def _restart_after_port_clash(self, running: _Running) -> None:
+        self._ports.avoid(running.ports)
+        ports = self._ports.reserve(running.request_id, 3)
+        logger.warning(
+            "trial %s: another program took one of its ports %s before its ranks bound "
+            "them; starting it again on other ports (attempt %d)",
+            running.request_id[:8],
+            list(running.ports),
+            running.attempt + 1,
+        )
+        for name in (METRICS_NAME, METRIC_PATH, MODEL_INFO_PATH):
+            (running.trial_dir / name).unlink(missing_ok=True)
+        for log in running.logs:  # kept for the curious, out of the outcome's way
+            with contextlib.suppress(OSError):
+                log.rename(log.with_suffix(f".port-clash-{running.attempt}.log"))
+        self._start(
+            running.request_id,
+            running.hparams,
+            running.length,
+            running.trial_dir,
+            running.slots,
+            ports,
+            running.attempt + 1,
+        )
+
+    def _release(self, running: _Running, keep_slots: bool = False) -> None:
         for fd in running.pidfds:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(fd)
             with contextlib.suppress(OSError):
                 os.close(fd)
         running.pidfds.clear()
+        self._ports.release(running.request_id)
+        if running.watchdog is not None:
+            running.watchdog.kill()
+            running.watchdog.wait()
+            running.watchdog = None
+        if not keep_slots:
+            self._free_slots(running)
+
+    def _free_slots(self, running: _Running) -> None:
         if running.slots:
-            self._free = sorted(self._free + running.slots)
+            order = {slot: i for i, slot in enumerate(self.slots.ids)}
+            self._free = sorted(self._free + running.slots, key=lambda slot: order[slot])
             running.slots = []
-
-
-def _next_deadline(running: _Running) -> float:
-    grace_end = (
-        float("inf") if running.failed_at is None else running.failed_at + RANK_FAILURE_GRACE_S
-    )
-    return min(running.deadline, grace_end)
 
 
 def _autotuning_on(hparams: Mapping[str, Any]) -> bool:
     overwrites = hparams.get(OVERWRITE_KEY) or {}
     section = overwrites.get(AUTOTUNING_KEY) if isinstance(overwrites, Mapping) else None
     return isinstance(section, Mapping) and bool(section.get("enabled"))
-
-
-def _limit_child(cpu: int | None, memory_limit_mb: int | None) -> None:
-    """Runs in the child before exec: die with the runner, pin to its core, cap its memory."""
-    die_with_parent()
-    if cpu is not None:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, {cpu})
-    if memory_limit_mb is not None:
-        limit = memory_limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def remove_shared_memory(port: int) -> None:
-    """Delete the allreduce buffers DeepSpeed's CPU shared-memory comm op left for a trial.
-
-    DeepSpeed 0.19.8 creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>``
-    (66 MiB per rank) and never unlinks it; a search of many trials would fill RAM.
-    """
-    for leftover in pathlib.Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
-        with contextlib.suppress(OSError):
-            leftover.unlink()
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the runner dies, even by SIGKILL, so a
-    crashed runner leaves no trial behind (``--resume`` starts them again)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-
-def _kill_group(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every rank's process group, then SIGKILL what is left after a grace period."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE_S
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on localhost."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()

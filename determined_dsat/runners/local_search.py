@@ -14,12 +14,12 @@ import attrs
 
 from determined_dsat.errors import ConfigError
 from determined_dsat.report.summary import print_summary
-from determined_dsat.runners.devices import Slots, detect_slots
+from determined_dsat.runners.devices import Slots, check_slots_per_trial, detect_slots
 from determined_dsat.runners.entrypoint import LocalCommand, parse_entrypoint
 from determined_dsat.runners.local import LocalExecutor, LocalTrialOptions
 from determined_dsat.runners.session import Session
 from determined_dsat.runners.warmup import warm_up_ops
-from determined_dsat.settings import SearchSettings
+from determined_dsat.settings import OffloadTarget, SearchSettings
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import full_experiment_hparams
 from determined_dsat.space.experiment import Experiment
@@ -69,7 +69,8 @@ def run_local(settings: SearchSettings, experiment: Experiment) -> int:
     logger.info("local backend: %d %s slot(s) %s", len(slots.ids), slots.kind, list(slots.ids))
     # Lock first: a refused second runner must not touch the live run's logs.
     with session.run_dir, _terminate_as_interrupt(), log_to_run_dir(session.run_dir):
-        warm_up_ops(experiment.ds_config, slots, session.run_dir.warmup_log_path)
+        offload = OffloadTarget.OPTIMIZER in settings.offload
+        warm_up_ops(experiment.ds_config, slots, session.run_dir.warmup_log_path, offload)
         outcome = session.run()
         print_summary(settings.metric, session.run_dir, outcome)
         if settings.run_full_experiment and outcome.best is not None:
@@ -89,6 +90,7 @@ def _local_command(experiment: Experiment) -> LocalCommand:
 def _fit_to_machine(
     settings: SearchSettings, experiment: Experiment, slots: Slots
 ) -> SearchSettings:
+    check_slots_per_trial(slots, experiment.slots_per_trial, experiment.config_path.name)
     if not slots.gpu and Precision.from_ds_config(experiment.ds_config) is Precision.FP16:
         raise ConfigError(
             f"{experiment.ds_config_path.name}: fp16 is enabled, but DeepSpeed cannot train in "

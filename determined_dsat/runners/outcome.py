@@ -23,6 +23,9 @@ _OOM_PATTERNS = re.compile(
     r"|Cannot allocate memory|MemoryError|std::bad_alloc|HIP out of memory",
     re.IGNORECASE,
 )
+# torch's TCPStore (c10d, torch 2.13) and zmq (Determined's DistributedContext) when a
+# port is taken.
+_PORT_CLASH_PATTERNS = re.compile(r"EADDRINUSE|Address already in use", re.IGNORECASE)
 _SIGKILL = -9
 TAIL_LINES = 25
 
@@ -81,15 +84,26 @@ def log_tail(paths: Sequence[pathlib.Path], lines: int = TAIL_LINES) -> str:
     return tails[0] if tails else ""
 
 
-def _looks_oom(paths: Sequence[pathlib.Path]) -> bool:
+def _logs_match(paths: Sequence[pathlib.Path], pattern: re.Pattern[str]) -> bool:
+    """Whether the end (last 20000 characters) of any log matches ``pattern``."""
     for path in paths:
         try:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        if _OOM_PATTERNS.search(text[-20000:]):
+        if pattern.search(text[-20000:]):
             return True
     return False
+
+
+def port_clash(ending: TrialEnding) -> bool:
+    """Whether the trial failed because a port it was given was taken when a rank bound
+    it: it failed, reported nothing, and a rank's log says the address is in use."""
+    if ending.timed_out or all(code == 0 for code in ending.exit_codes):
+        return False
+    if reported_metrics(ending.trial_dir) is not None:
+        return False
+    return _logs_match(ending.log_paths, _PORT_CLASH_PATTERNS)
 
 
 def classify(ending: TrialEnding, extra: Mapping[str, Any] | None = None) -> TrialResult:
@@ -111,7 +125,7 @@ def classify(ending: TrialEnding, extra: Mapping[str, Any] | None = None) -> Tri
             return TrialResult(Outcome.ERROR, {}, duration, detail)
         return TrialResult(Outcome.OK, {}, duration)
     killed = any(code == _SIGKILL for code in ending.exit_codes) and not ending.killed_by_us
-    if _looks_oom(ending.log_paths) or killed:
+    if _logs_match(ending.log_paths, _OOM_PATTERNS) or killed:
         return TrialResult(Outcome.OOM, {}, duration, f"out of memory; log tail:\n{tail}")
     codes = ",".join(str(c) for c in ending.exit_codes)
     return TrialResult(Outcome.ERROR, {}, duration, f"exit codes {codes}; log tail:\n{tail}")

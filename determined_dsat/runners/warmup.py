@@ -4,7 +4,13 @@ DeepSpeed builds ops such as FusedAdam and CPUAdam into the torch extensions cac
 on first use (17-99 s each on a 2-core CPU with DeepSpeed 0.19.8). Concurrent trials
 that all start by compiling the same op serialise on the cache lock and count that
 time against their timeout; one warm-up process before the search avoids both.
-Later runs find the cache and finish in seconds.
+Later runs find the cache (this environment's own, see ``ext_cache``) and finish in
+seconds.
+
+Only ops a trial can load are warmed: DeepSpeed 0.19.8 builds its CPU optimizers
+(CPUAdam, CPUAdagrad, CPULion) only when ZeRO offloads the optimizer to CPU or NVMe
+(``DeepSpeedEngine._configure_basic_optimizer``), so they are warmed only when the
+search may offload it or the user's ds_config does.
 """
 
 from __future__ import annotations
@@ -21,15 +27,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from determined_dsat.runners.devices import Slots
+from determined_dsat.runners.ext_cache import extensions_env, extensions_root
 from determined_dsat.runners.ext_locks import clear_stale_locks
-from determined_dsat.runners.local import die_with_parent
+from determined_dsat.runners.orphans import deathsig_available, die_with_parent, start_watchdog
 
 logger = logging.getLogger("determined_dsat")
 
-_BY_OPTIMIZER = {
+# optimizer type -> (op without offload, op with the optimizer offloaded)
+_BY_OPTIMIZER: dict[str, tuple[str | None, str]] = {
     "adam": ("FusedAdamBuilder", "CPUAdamBuilder"),
     "adamw": ("FusedAdamBuilder", "CPUAdamBuilder"),
-    "adagrad": ("CPUAdagradBuilder",),
+    "adagrad": (None, "CPUAdagradBuilder"),  # torch.optim.Adagrad without offload
     "lion": ("FusedLionBuilder", "CPULionBuilder"),
 }
 _CPU_ONLY = ("ShareMemCommBuilder",)
@@ -37,27 +45,60 @@ WARMUP_TIMEOUT_S = 1800.0
 STOP_GRACE_S = 10.0
 
 
-def ops_for(ds_config: Mapping[str, Any], gpu: bool) -> list[str]:
-    """The op builders a search over this ds_config is likely to load."""
+def _offloads_optimizer(ds_config: Mapping[str, Any]) -> bool:
+    zero = ds_config.get("zero_optimization")
+    section = zero.get("offload_optimizer") if isinstance(zero, Mapping) else None
+    device = section.get("device") if isinstance(section, Mapping) else None
+    return str(device).lower() in ("cpu", "nvme")
+
+
+def ops_for(ds_config: Mapping[str, Any], gpu: bool, offload: bool = False) -> list[str]:
+    """The op builders a search over this ds_config can load; ``offload``: the search may
+    offload the optimizer (``--offload optimizer``)."""
     optimizer = ds_config.get("optimizer")
     kind = str(optimizer.get("type", "")).lower() if isinstance(optimizer, Mapping) else ""
-    names = list(_BY_OPTIMIZER.get(kind, ()))
+    plain, offloaded = _BY_OPTIMIZER.get(kind, (None, None))
+    names = [plain] if plain is not None else []
+    if offloaded is not None and (offload or _offloads_optimizer(ds_config)):
+        names.append(offloaded)
     if not gpu:
         names += list(_CPU_ONLY)
     return names
 
 
-def warm_up_ops(ds_config: Mapping[str, Any], slots: Slots, log_path: pathlib.Path) -> None:
-    """Load (and so compile, the first time) the ops in one child process; never fatal."""
-    names = ops_for(ds_config, slots.gpu)
+def warm_up_ops(
+    ds_config: Mapping[str, Any],
+    slots: Slots,
+    log_path: pathlib.Path,
+    offload: bool = False,
+    timeout_s: float = WARMUP_TIMEOUT_S,
+) -> bool:
+    """Load (and so compile, the first time) the ops in one child process; never fatal.
+    True when every op is ready (or there is none to prepare)."""
+    names = ops_for(ds_config, slots.gpu, offload)
     if not names:
-        return
+        return True
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, len(slots.ids))))
+    env.update(extensions_env())
     if not slots.gpu:
         env["DS_ACCELERATOR"] = "cpu"
-    logger.info("preparing DeepSpeed ops %s (compiled once, then cached)", ", ".join(names))
+    logger.info(
+        "preparing DeepSpeed ops %s in %s (compiled once per environment, then cached)",
+        ", ".join(names),
+        extensions_root(),
+    )
     started = time.monotonic()
     clear_stale_locks()
+    code = _run(names, env, log_path, timeout_s)
+    if code != 0:
+        logger.warning("preparing DeepSpeed ops failed (see %s); trials will try again", log_path)
+    logger.info("DeepSpeed ops ready in %.1f s", time.monotonic() - started)
+    return code == 0
+
+
+def _run(names: list[str], env: dict[str, str], log_path: pathlib.Path, timeout_s: float) -> int:
+    """The warm-up child's exit code (-1 when it ran past ``timeout_s`` seconds)."""
+    runner = os.getpid()
     with log_path.open("wb") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "determined_dsat.runners.warmup", *names],
@@ -65,19 +106,23 @@ def warm_up_ops(ds_config: Mapping[str, Any], slots: Slots, log_path: pathlib.Pa
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
+            # Its own group, so a watchdog can stop it; Ctrl-C reaches it through _stop.
+            start_new_session=True,
+            preexec_fn=lambda: die_with_parent(runner),
         )
+        watchdog = None if deathsig_available() else start_watchdog([child.pid])
         try:
-            code = child.wait(timeout=WARMUP_TIMEOUT_S)
+            return child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _stop(child)
-            code = -1
+            return -1
         except BaseException:
             _stop(child)
             raise
-    if code != 0:
-        logger.warning("preparing DeepSpeed ops failed (see %s); trials will try again", log_path)
-    logger.info("DeepSpeed ops ready in %.1f s", time.monotonic() - started)
+        finally:
+            if watchdog is not None:
+                watchdog.kill()
+                watchdog.wait()
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:

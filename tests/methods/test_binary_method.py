@@ -143,11 +143,17 @@ def check_lineages_end_on_true_max(landscape: Landscape, grid: MicroBatchGrid) -
         assert len({repr(sorted(r.spec.zero.items())) for r in records}) == 1
         stage = records[0].spec.stage
         truth = landscape.true_max_mbs(stage, zero=records[0].spec.zero)
-        for r in records:
-            if r.finished:
-                # Replay outcomes agree with the ground truth.
-                assert r.succeeded == (r.spec.mbs <= truth)
-                seen["oom"] += not r.succeeded
+        for i, r in enumerate(records):
+            if not r.finished:
+                continue
+            seen["oom"] += not r.succeeded
+            # Every later probe of the lineage heeds this result: above a success, below
+            # an OOM (a bisection never asks what it already knows).
+            for later in records[i + 1 :]:
+                if r.succeeded:
+                    assert later.spec.mbs > r.spec.mbs, (tried, r.spec.mbs)
+                else:
+                    assert later.spec.mbs < r.spec.mbs, (tried, r.spec.mbs)
         if not lineage_ended(records, grid):
             continue
         seen["ended"] += 1

@@ -23,7 +23,12 @@ from test_method_contract import SEEDS, make_space, run_search
 
 from determined_dsat.methods.model_based import ModelOptions, ModelPolicy
 from determined_dsat.methods.surrogate import normal
-from determined_dsat.methods.surrogate.acquisition import SAFE_FIT_PROBABILITY, expected_improvement
+from determined_dsat.methods.surrogate.acquisition import (
+    SAFE_FIT_PROBABILITY,
+    BatchScorer,
+    expected_improvement,
+)
+from determined_dsat.methods.surrogate.candidates import feature_rows
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, bucket_elements
 from determined_dsat.methods.surrogate.memory import MemoryObservation, MemorySurrogate
 from determined_dsat.methods.surrogate.throughput import (
@@ -203,14 +208,38 @@ def predict(s: ThroughputSurrogate, table: BlockTable, block: int, mbs: np.ndarr
     return mean, sd
 
 
-@given(st.integers(0, len(TABLE) - 1), st.integers(0, 30), st.integers(0, 10_000))
+@given(
+    st.integers(0, len(TABLE) - 1),
+    st.integers(0, len(TABLE) - 1),
+    st.integers(0, 30),
+    st.integers(0, 10_000),
+    st.integers(1, 8),
+)
 def test_predicted_throughput_never_falls_with_micro_batch(
-    block: int, count: int, seed: int
+    block: int, other: int, count: int, seed: int, gas: int
 ) -> None:
-    """Under the prior and after any data, the mean rises with mbs (gas fixed)."""
+    """Under the prior and after any data, the mean the policy scores candidates with
+    (its feature rows and ``BatchScorer``) rises with mbs at a fixed gas, and does rise.
+    Two blocks' candidates come shuffled together, as the policy builds them."""
     s = surrogate_for(TABLE, training_set(LANDSCAPE, TABLE, count, seed, noise=True))
-    mean, _ = predict(s, TABLE, block, np.arange(1, 3000))
-    assert np.all(np.diff(mean) >= -1e-12)
+    mbs = np.tile(np.arange(1, 3000), 2)
+    blocks = np.repeat(np.array([block, other]), len(mbs) // 2)
+    order = np.random.default_rng(seed).permutation(len(mbs))
+    mbs, blocks = mbs[order], blocks[order]
+    gases = np.full(mbs.shape, gas)
+    rows, cand_row = feature_rows(TABLE, blocks, gases)
+    ones = np.ones(mbs.shape)
+    scorer = BatchScorer(
+        s, rows, cand_row, mbs.astype(float), gases.astype(float), ones, ones, None
+    )
+    mean = scorer.mixture_mean()
+    for b in (block, other):
+        of_block = np.flatnonzero(blocks == b)
+        curve = mean[of_block[np.argsort(mbs[of_block], kind="stable")]]
+        curve = curve[:: 2 if b == block == other else 1]  # one candidate per mbs
+        assert np.all(np.diff(curve) >= -1e-12)
+        # From 1 to 2999 samples the saturation term alone gains at least log(1.5).
+        assert curve[-1] - curve[0] > math.log(1.5) - 1e-9
 
 
 def test_fits_a_landscape_and_is_calibrated() -> None:

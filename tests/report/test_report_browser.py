@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from ci_support import under_ci
 from matplotlib.image import imread
 from test_report_support import CONFIRMED_RUN, report, write_run
 
@@ -22,7 +23,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def chromium(profile: pathlib.Path, *args: str) -> subprocess.CompletedProcess[str]:
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
-        if os.environ.get("CI"):
+        if under_ci():
             pytest.fail(f"{CHROMIUM} is missing under CI: apt-get install -y chromium")
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
     exe = CHROMIUM if os.path.exists(CHROMIUM) else str(shutil.which("chromium"))

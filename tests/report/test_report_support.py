@@ -9,6 +9,7 @@ import pathlib
 from typing import Any
 
 import pytest
+from determined_dsat.report.run_dir import RunDirectory
 
 from determined_dsat.cli import main as dsat_main
 
@@ -130,7 +131,13 @@ def csv_rows(path: pathlib.Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO((path / "report" / "trials.csv").read_text())))
 
 
-def test_fixture_lines_are_unique_and_ordered() -> None:
-    ids = [d["trial_id"] for d in CONFIRMED_RUN]
-    assert ids == sorted(set(ids))
-    assert {d["confirms"] for d in CONFIRMED_RUN if d["kind"] == "confirm"} == {"r5", "r6"}
+def test_written_runs_read_back_as_the_runner_reads_them(tmp_path: pathlib.Path) -> None:
+    """The other report tests stand on write_run: what it writes must be what the run
+    directory's own reader returns (a torn last line dropped), with the settings kept."""
+    torn = json.dumps(line(14, "search", "ok", 1, 2))[:30]
+    path = write_run(tmp_path / "run", CONFIRMED_RUN, max_trials=20, torn=torn)
+    run_dir = RunDirectory(path)
+    assert run_dir.read_trials() == CONFIRMED_RUN
+    settings = run_dir.read_settings()
+    assert settings is not None and settings["max_trials"] == 20
+    assert pathlib.Path(settings["config_path"]).is_file()
