@@ -122,7 +122,7 @@ class AshaPolicy(SearchPolicy):
                 break
             proposals.append(step)
         while len(proposals) < capacity:
-            zero = self.book.sample_zero(self.space, self.space.stages, rng)
+            zero = self.book.sample_zero(self.space, self.space.stages, rng, view.profile)
             if zero is None:
                 break
             fresh = start_lineage(

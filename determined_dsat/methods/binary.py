@@ -46,7 +46,7 @@ class BinaryPolicy(SearchPolicy):
             return None if latest is None else bisection_step(latest, self.space)
 
         def new_lineage() -> Proposal | None:
-            zero = self.book.sample_zero(self.space, self.space.stages, rng)
+            zero = self.book.sample_zero(self.space, self.space.stages, rng, view.profile)
             if zero is None:
                 return None
             factor = self.options.search_range_factor

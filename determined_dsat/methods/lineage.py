@@ -16,6 +16,7 @@ from determined_dsat.methods import bisect
 from determined_dsat.methods.base import Proposal
 from determined_dsat.space.batch import SearchBounds
 from determined_dsat.space.config_space import ConfigSpace
+from determined_dsat.space.memory import ModelProfile
 from determined_dsat.trials.records import TrialRecord
 from determined_dsat.trials.view import TrackerView
 
@@ -52,14 +53,18 @@ class LineageBook:
         return idle
 
     def sample_zero(
-        self, space: ConfigSpace, stages: Sequence[int], rng: np.random.Generator
+        self,
+        space: ConfigSpace,
+        stages: Sequence[int],
+        rng: np.random.Generator,
+        profile: ModelProfile | None = None,
     ) -> dict[str, Any] | None:
         """An unexplored ZeRO block from a random stage of ``stages``; None if none is left."""
         if not stages:
             return None
         for _ in range(_SAMPLE_TRIES):
             stage = int(stages[int(rng.integers(len(stages)))])
-            zero = space.sample_zero(stage, rng)
+            zero = space.sample_zero(stage, rng, profile)
             key = zero_key(zero)
             if key not in self.used:
                 self.used.add(key)

@@ -101,7 +101,7 @@ class RandomPolicy(SearchPolicy):
     def _new_lineage(self, view: TrackerView, rng: np.random.Generator) -> Proposal | None:
         stages = self.space.stages
         preferred = sorted(_LOWER_STAGES & view.successful_stages() & set(stages))
-        zero = self.book.sample_zero(self.space, preferred or stages, rng)
+        zero = self.book.sample_zero(self.space, preferred or stages, rng, view.profile)
         if zero is None:
             return None
         proposal = start_lineage(

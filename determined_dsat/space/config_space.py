@@ -11,8 +11,20 @@ import numpy as np
 
 from determined_dsat.space import ds_config as dsc
 from determined_dsat.space.batch import BatchConfig, MicroBatchGrid, SearchBounds, configured_gas
-from determined_dsat.space.knobs import knobs_for_stage, offload_of, sample_zero_config
-from determined_dsat.space.memory import MemoryModel, ModelProfile, Offload, Precision
+from determined_dsat.space.knobs import (
+    bucket_elements,
+    fit_to_model,
+    knobs_for_stage,
+    offload_of,
+    sample_zero_config,
+)
+from determined_dsat.space.memory import (
+    STEP_ACTIVATION_FACTOR,
+    MemoryModel,
+    ModelProfile,
+    Offload,
+    Precision,
+)
 from determined_dsat.space.user_batch import resolve_user_batch
 
 
@@ -54,9 +66,15 @@ class ConfigSpace:
     def knob_table(self, stage: int) -> dict[str, tuple[Any, ...]]:
         return knobs_for_stage(stage, self.offload_optimizer, self.offload_param)
 
-    def sample_zero(self, stage: int, rng: np.random.Generator) -> dict[str, Any]:
-        """A random ``zero_optimization`` block for ``stage`` from the knob table."""
-        return sample_zero_config(stage, self.knob_table(stage), rng)
+    def sample_zero(
+        self, stage: int, rng: np.random.Generator, profile: ModelProfile | None = None
+    ) -> dict[str, Any]:
+        """A random ``zero_optimization`` block for ``stage`` from the knob table (without
+        bucket sizes beyond the model, once its ``profile`` is known)."""
+        table = self.knob_table(stage)
+        if profile is not None:
+            table = fit_to_model(table, profile.num_params)
+        return sample_zero_config(stage, table, rng)
 
     def memory_model(self, profile: ModelProfile) -> MemoryModel:
         return MemoryModel(
@@ -69,7 +87,13 @@ class ConfigSpace:
             return self.grid.min_mbs
         optimizer, param = offload_of(zero)
         stage = int(zero.get("stage", 0))
-        return memory.max_mbs(stage, Offload(optimizer=optimizer, param=param and stage == 3))
+        buckets = int(bucket_elements(zero) * self.precision.bytes_per_param)
+        return memory.max_mbs(
+            stage,
+            Offload(optimizer=optimizer, param=param and stage == 3),
+            reserved_bytes=buckets,
+            activation_factor=STEP_ACTIVATION_FACTOR,
+        )
 
     def initial_bounds(
         self,

@@ -55,6 +55,26 @@ def knobs_for_stage(
     return table
 
 
+BUCKET_KNOBS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size")
+"""Knobs in elements that size a communication buffer DeepSpeed allocates whole."""
+
+
+def fit_to_model(table: Mapping[str, Sequence[Any]], num_params: int) -> dict[str, tuple[Any, ...]]:
+    """The knob table without bucket sizes beyond the model: a bucket larger than all the
+    model's gradients behaves as one that holds them all, but DeepSpeed (0.19.8, with
+    ``contiguous_gradients``) still allocates its full size. The smallest value at or above
+    ``num_params`` stays, so "one bucket" remains a choice."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for key, values in table.items():
+        if key not in BUCKET_KNOBS or not all(isinstance(v, (int, float)) for v in values):
+            out[key] = tuple(values)
+            continue
+        small = [v for v in values if v <= num_params]
+        large = sorted(v for v in values if v > num_params)
+        out[key] = tuple(small + large[:1])
+    return out
+
+
 def sample_zero_config(
     stage: int, table: Mapping[str, Sequence[Any]], rng: np.random.Generator
 ) -> dict[str, Any]:
@@ -78,3 +98,33 @@ def offload_of(zero: Mapping[str, Any]) -> tuple[bool, bool]:
         return isinstance(block, Mapping) and block.get("device", "none") not in ("none", None)
 
     return on("offload_optimizer"), on("offload_param")
+
+
+BUCKET_DEFAULTS: dict[str, float] = {
+    "reduce_bucket_size": 500_000_000.0,
+    "stage3_prefetch_bucket_size": 50_000_000.0,
+}
+"""DeepSpeed 0.19.8's defaults (elements) for the buckets that stay allocated during a step."""
+
+
+def overlap_comm(zero: Mapping[str, Any]) -> bool:
+    """Whether a block overlaps communication; DeepSpeed 0.19.8 turns it on at stage 3."""
+    if "overlap_comm" in zero:
+        return bool(zero["overlap_comm"])
+    return int(zero.get("stage", 0)) == 3
+
+
+def bucket_elements(zero: Mapping[str, Any]) -> float:
+    """Elements of the communication buffers a block keeps during a step.
+
+    The reduce bucket at stages 1-3 and, at stage 3, the prefetch bucket; both are
+    double-buffered when communication overlaps computation. Stage 0 has none.
+    """
+    stage = int(zero.get("stage", 0))
+    if stage == 0:
+        return 0.0
+    elements = float(zero.get("reduce_bucket_size", BUCKET_DEFAULTS["reduce_bucket_size"]))
+    if stage == 3:
+        prefetch = BUCKET_DEFAULTS["stage3_prefetch_bucket_size"]
+        elements += float(zero.get("stage3_prefetch_bucket_size", prefetch))
+    return elements * (2.0 if overlap_comm(zero) else 1.0)

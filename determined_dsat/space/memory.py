@@ -40,6 +40,12 @@ _ADAM_BYTES_FP32 = 8
 # more than one that starts at a slightly smaller micro-batch.
 DEFAULT_USABLE_FRACTION = 0.9
 
+STEP_ACTIVATION_FACTOR = 1.5
+"""A training step's activation bytes per sample over the profile's ``activation_mem_per_gpu``:
+DeepSpeed measures the forward pass at micro-batch 1 only, and the backward pass's
+transients, the logits and loss buffers and the allocator's fragmentation come on top
+(typically 1.2-2x). The first micro-batch a search tries assumes this."""
+
 
 def _enabled(section: Any) -> bool:
     # Only a literal JSON true counts: HF's "auto" is resolved later by the Trainer, so here it
@@ -218,10 +224,21 @@ class MemoryModel:
         """Whether ``mbs`` samples per GPU fit in ``usable_bytes``."""
         return self.bytes_per_gpu(stage, mbs, offload) <= self.usable_bytes
 
-    def max_mbs(self, stage: int, offload: Offload = Offload()) -> int:
-        """Largest micro-batch (samples per GPU) that fits; 0 when even 1 does not."""
-        free = self.usable_bytes - self.model_state_bytes(stage, offload)
-        return max(free // self._activation_bytes, 0)
+    def max_mbs(
+        self,
+        stage: int,
+        offload: Offload = Offload(),
+        *,
+        reserved_bytes: int = 0,
+        activation_factor: float = 1.0,
+    ) -> int:
+        """Largest micro-batch (samples per GPU) that fits; 0 when even 1 does not.
+
+        ``reserved_bytes``: also kept free (communication buckets); ``activation_factor``:
+        the true activation bytes per sample over the profile's (see
+        :data:`STEP_ACTIVATION_FACTOR`)."""
+        free = self.usable_bytes - self.model_state_bytes(stage, offload) - reserved_bytes
+        return max(int(free // (self._activation_bytes * activation_factor)), 0)
 
     def max_mbs_per_stage(
         self, stages: Iterable[int], offload: Offload = Offload()

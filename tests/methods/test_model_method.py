@@ -29,7 +29,8 @@ from determined_dsat.methods.surrogate.acquisition import (
     expected_improvement,
 )
 from determined_dsat.methods.surrogate.candidates import feature_rows
-from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, bucket_elements
+from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis
+from determined_dsat.space.knobs import bucket_elements
 from determined_dsat.methods.surrogate.memory import MemoryObservation, MemorySurrogate
 from determined_dsat.methods.surrogate.throughput import (
     ThroughputObservation,

@@ -19,16 +19,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from determined_dsat.space.config_space import ConfigSpace
-from determined_dsat.space.knobs import offload_of
+from determined_dsat.space.knobs import bucket_elements, offload_of
 from determined_dsat.space.memory import MemoryModel, Offload
 
 Array = NDArray[np.float64]
-
-BUCKET_DEFAULTS: dict[str, float] = {
-    "reduce_bucket_size": 500_000_000.0,
-    "stage3_prefetch_bucket_size": 50_000_000.0,
-}
-"""DeepSpeed 0.19.8's defaults (elements) for the buckets that stay allocated during a step."""
 
 STAGE_PRIOR: dict[int, float] = {0: 0.0, 1: -0.02, 2: -0.05, 3: -0.25}
 """Prior mean of log throughput per ZeRO stage, relative to stage 0.
@@ -43,29 +37,6 @@ forward and backward passes (1.5x the traffic), which typically costs tens of pe
 def zero_key(zero: Mapping[str, Any]) -> str:
     """A canonical string for a ZeRO block (the same as ``methods.lineage.zero_key``)."""
     return json.dumps(zero, sort_keys=True)
-
-
-def overlap_comm(zero: Mapping[str, Any]) -> bool:
-    """Whether a block overlaps communication; DeepSpeed 0.19.8 turns it on at stage 3."""
-    if "overlap_comm" in zero:
-        return bool(zero["overlap_comm"])
-    return int(zero.get("stage", 0)) == 3
-
-
-def bucket_elements(zero: Mapping[str, Any]) -> float:
-    """Elements of the communication buffers a block keeps during a step.
-
-    The reduce bucket at stages 1-3 and, at stage 3, the prefetch bucket; both are
-    double-buffered when communication overlaps computation. Stage 0 has none.
-    """
-    stage = int(zero.get("stage", 0))
-    if stage == 0:
-        return 0.0
-    elements = float(zero.get("reduce_bucket_size", BUCKET_DEFAULTS["reduce_bucket_size"]))
-    if stage == 3:
-        prefetch = BUCKET_DEFAULTS["stage3_prefetch_bucket_size"]
-        elements += float(zero.get("stage3_prefetch_bucket_size", prefetch))
-    return elements * (2.0 if overlap_comm(zero) else 1.0)
 
 
 FLUSH_START = 0.8

@@ -31,6 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from determined_dsat.methods.surrogate import normal
+from determined_dsat.space.memory import STEP_ACTIVATION_FACTOR
 
 Array = NDArray[np.float64]
 
@@ -38,7 +39,7 @@ NUM_WEIGHTS = 6  # c[0], c[1], c[2], c[3], a, beta
 _A, _BETA = 4, 5
 PRIOR_SD_STATES = 0.2
 PRIOR_CORRELATION_STATES = 0.5
-PRIOR_MEAN_ACTIVATION = 1.5
+PRIOR_MEAN_ACTIVATION = STEP_ACTIVATION_FACTOR
 PRIOR_SD_ACTIVATION = 0.45
 """DeepSpeed's profile (``activation_mem_per_gpu``) measures the forward pass at
 micro-batch 1 only; the backward pass's transients, the logits and loss buffers and the
