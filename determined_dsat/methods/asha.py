@@ -23,7 +23,6 @@ from determined_dsat.methods.base import Proposal, SearchPolicy
 from determined_dsat.methods.lineage import (
     LineageBook,
     bisection_step,
-    remaining_bounds,
     start_lineage,
 )
 from determined_dsat.methods.spec import (
@@ -86,7 +85,7 @@ class AshaPolicy(SearchPolicy):
             per_rung = self.best_in_rung.setdefault(lid, {})
             rung = record.spec.rung
             per_rung[str(rung)] = max(per_rung.get(str(rung), _NO_SCORE), score)
-        if remaining_bounds(record, self.space) is None:
+        if bisection_step(record, self.space, view=view) is None:
             self.ended.add(lid)
             self.book.close(lid)
         self._mark_completed(view, lid)
@@ -134,7 +133,7 @@ class AshaPolicy(SearchPolicy):
 
     def _step(self, view: TrackerView, lid: str, rung: int) -> Proposal | None:
         latest = view.latest_in_lineage(lid)
-        step = None if latest is None else bisection_step(latest, self.space, rung=rung)
+        step = None if latest is None else bisection_step(latest, self.space, rung, view)
         if step is None:
             self.ended.add(lid)
             self.book.close(lid)

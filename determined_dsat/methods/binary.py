@@ -43,7 +43,7 @@ class BinaryPolicy(SearchPolicy):
     def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
         def next_step(lineage_id: str) -> Proposal | None:
             latest = view.latest_in_lineage(lineage_id)
-            return None if latest is None else bisection_step(latest, self.space)
+            return None if latest is None else bisection_step(latest, self.space, view=view)
 
         def new_lineage() -> Proposal | None:
             zero = self.book.sample_zero(self.space, self.space.stages, rng, view.profile)

@@ -4,11 +4,14 @@ A single measurement of a short profiling window is noisy, and the best of many 
 measurements is biased upward (the winner's curse): DeepSpeed's own autotuner once
 overstated its winner's throughput by 26 %. So the top ``k`` distinct configurations
 run again, and the winner is the one with the best median over all its measurements,
-a failed re-run counting as the worst possible result.
+a failed re-run counting as the worst possible result. While the two leaders' medians
+are within the measured noise of each other, both run again (budget and time allowing,
+at most :data:`MAX_EXTRA_ROUNDS` more times).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from typing import Any
@@ -80,3 +83,54 @@ def _median_metrics(view: TrackerView, runs: list[TrialRecord], median: float) -
         metrics[name] = statistics.median(raw)
     metrics["dsat_measurements"] = len(runs)
     return metrics
+
+
+DEFAULT_NOISE = 0.025
+"""Relative sd of one measurement before repeated ones say otherwise (DeepSpeed's profile
+of a few steps: 2-3 %)."""
+MAX_EXTRA_ROUNDS = 3
+
+
+def measurement_noise(view: TrackerView, targets: list[str]) -> float:
+    """The relative sd of one measurement, pooled over the targets' repeated measurements
+    (log scale), never below 0.5 %; :data:`DEFAULT_NOISE` before any repeat."""
+    squares, count = 0.0, 0
+    for request_id in targets:
+        logs = [math.log(s) for r in [view[request_id], *view.confirmations_of(request_id)]
+                if (s := _positive_score(view, r)) is not None]  # fmt: skip
+        if len(logs) >= 2:
+            mean = statistics.fmean(logs)
+            squares += sum((x - mean) ** 2 for x in logs)
+            count += len(logs) - 1
+    if count == 0:
+        return DEFAULT_NOISE
+    return max(math.sqrt(squares / count), 0.005)
+
+
+def undecided(view: TrackerView, targets: list[str]) -> list[str]:
+    """The two leading targets when their medians are within the noise of each other (so
+    another measurement of each could change the winner); empty when the lead is clear."""
+    ranked = []
+    for request_id in targets:
+        runs = [view[request_id], *view.confirmations_of(request_id)]
+        scores = [s for r in runs if r.finished and (s := _positive_score(view, r)) is not None]
+        if scores:
+            ranked.append((statistics.median(scores), len(scores), request_id))
+    if len(ranked) < 2:
+        return []
+    ranked.sort(reverse=True)
+    (first, n1, a), (second, n2, b) = ranked[0], ranked[1]
+    noise = measurement_noise(view, targets)
+    # Two medians of n noisy measurements differ by ~noise * sqrt(1/n1 + 1/n2) by chance.
+    within = math.log(first / second) < 2.0 * noise * math.sqrt(1.0 / n1 + 1.0 / n2)
+    return [a, b] if within else []
+
+
+def _positive_score(view: TrackerView, record: TrialRecord) -> float | None:
+    """A larger-is-better value that is positive (throughput-like, or 1/seconds)."""
+    score = view.score(record)
+    if score is None:
+        return None
+    if score > 0:
+        return score
+    return -1.0 / score if score < 0 else None

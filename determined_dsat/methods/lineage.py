@@ -34,6 +34,9 @@ class LineageBook:
         self.counter = 0
         self.used: set[str] = set()
         self.open: list[str] = []
+        # The stage of each lineage started, for proposals not yet in the tracker (those of
+        # the current ``propose`` call); not state: the tracker has them by the next call.
+        self.stage_of: dict[str, int] = {}
 
     def new_id(self) -> str:
         self.counter += 1
@@ -115,12 +118,28 @@ def remaining_bounds(record: TrialRecord, space: ConfigSpace) -> SearchBounds | 
 
 
 def bisection_step(
-    record: TrialRecord, space: ConfigSpace, rung: int | None = None
+    record: TrialRecord,
+    space: ConfigSpace,
+    rung: int | None = None,
+    view: TrackerView | None = None,
 ) -> Proposal | None:
-    """The next trial of a lineage by bisection, or None when its range is exhausted."""
+    """The next trial of a lineage: by bisection while its range lasts, then (given the
+    ``view``) by :func:`refinement_mbs` below the largest micro-batch that fits; None when
+    neither is left."""
     bounds = remaining_bounds(record, space)
     if bounds is None:
-        return None
+        mbs = None if view is None else refinement_mbs(view, record, space)
+        if mbs is None:
+            return None
+        spec = record.spec
+        assert spec.lineage_id is not None
+        return Proposal(
+            zero=spec.zero,
+            mbs=mbs,
+            lineage_id=spec.lineage_id,
+            parent_id=spec.request_id,
+            rung=spec.rung if rung is None else rung,
+        )
     mbs = bisect.midpoint(bounds, space.grid)
     if mbs is None:
         return None
@@ -134,6 +153,41 @@ def bisection_step(
         bounds=bounds,
         rung=spec.rung if rung is None else rung,
     )
+
+
+def refinement_mbs(view: TrackerView, record: TrialRecord, space: ConfigSpace) -> int | None:
+    """Where to look below the largest micro-batch that fits, once throughput fell.
+
+    Near the memory limit PyTorch's allocator flushes its cache (DeepSpeed warns of it) and
+    caches thrash, so the best micro-batch is often below the largest that fits. When a
+    lineage's best-scoring micro-batch is not its largest that trained, the optimum lies
+    between the best one's tried neighbours: try the middle of the wider gap, until both
+    gaps are within ``--mbs-tolerance`` of the best (golden-section search would need more
+    trials for the same bracket on these unimodal curves)."""
+    lineage_id = record.spec.lineage_id
+    if lineage_id is None:
+        return None
+    finished = [r for r in view.lineage(lineage_id) if r.finished]
+    scored = sorted((s, -r.spec.mbs, r.spec.mbs) for r in finished
+                    if (s := view.score(r)) is not None)  # fmt: skip
+    if len(scored) < 2:
+        return None
+    best = scored[-1][2]
+    largest_ok = max(mbs for _, _, mbs in scored)
+    if best == largest_ok:
+        return None  # throughput has not fallen: the bisection's answer stands
+    tried = {r.spec.mbs for r in view.lineage(lineage_id)}
+    below = max((m for m in tried if m < best), default=space.grid.min_mbs - 1)
+    above = min(m for m in tried if m > best)
+    tolerance = max(space.mbs_tolerance, 0.02) * best
+    gaps = [(best - below, below, best), (above - best, best, above)]
+    for gap, lo, hi in sorted(gaps, reverse=True):
+        if gap <= max(1.0, tolerance):
+            continue
+        middle = space.grid.snap_down((lo + hi) // 2)
+        if middle is not None and lo < middle < hi and middle not in tried:
+            return middle
+    return None
 
 
 def start_lineage(
@@ -152,11 +206,60 @@ def start_lineage(
     """
     lineage_id = book.new_id()
     book.open.append(lineage_id)
+    book.stage_of[lineage_id] = int(zero.get("stage", 0))
     memory = None if view.profile is None else space.memory_model(view.profile)
-    evidence = view.memory_evidence(int(zero.get("stage", 0)))
+    stage = int(zero.get("stage", 0))
+    evidence = view.memory_evidence(stage)
     start = bounds or space.initial_bounds(memory, zero, range_factor, evidence)
     mbs = _first_probe(start, evidence[0], space) or space.grid.min_mbs
+    if bounds is None:
+        mbs = spread_first_probe(book, view, stage, lineage_id, mbs, start, space)
     return Proposal(zero=dict(zero), mbs=mbs, lineage_id=lineage_id, bounds=start)
+
+
+def spread_first_probe(
+    book: LineageBook,
+    view: TrackerView,
+    stage: int,
+    lineage_id: str,
+    mbs: int,
+    bounds: SearchBounds,
+    space: ConfigSpace,
+) -> int:
+    """A new lineage's first micro-batch, lowered by :data:`WAVE_STEP` for each lineage of
+    its stage whose first trial is still out, while nothing at the stage has finished."""
+    if view.memory_evidence(stage) != (None, None):
+        return mbs
+    return _spread(mbs, _pending_first_probes(book, view, stage, lineage_id), bounds, space)
+
+
+WAVE_STEP = 0.7
+"""Each further new lineage of a stage started before anything at that stage finished
+probes this fraction of the previous one's micro-batch: a wave of trials spreads over
+micro-batches below the memory estimate instead of running out of memory together."""
+
+
+def _pending_first_probes(book: LineageBook, view: TrackerView, stage: int, new_id: str) -> int:
+    """Lineages of ``stage`` whose first trial is still running."""
+    count = 0
+    for lid in book.open:
+        if lid == new_id:
+            continue
+        size = view.lineage_size(lid)
+        if size == 0:  # proposed in this very call
+            count += int(book.stage_of.get(lid) == stage)
+        elif size == 1:
+            first = view.latest_in_lineage(lid)
+            if first is not None and not first.finished and first.spec.stage == stage:
+                count += 1
+    return count
+
+
+def _spread(mbs: int, rank: int, bounds: SearchBounds, space: ConfigSpace) -> int:
+    if rank == 0:
+        return mbs
+    target = space.grid.snap_down(max(1, int(mbs * WAVE_STEP**rank)))
+    return mbs if target is None or target < bounds.lo else target
 
 
 def _first_probe(bounds: SearchBounds, known_ok: int | None, space: ConfigSpace) -> int | None:

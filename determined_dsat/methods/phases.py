@@ -25,7 +25,7 @@ import attrs
 import numpy as np
 
 from determined_dsat.methods.base import Proposal, SearchPolicy
-from determined_dsat.methods.confirm import confirm, top_configs
+from determined_dsat.methods.confirm import MAX_EXTRA_ROUNDS, confirm, top_configs, undecided
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import TrialKind, TrialRecord, TrialSpec
 from determined_dsat.trials.specs import baseline_spec
@@ -159,6 +159,7 @@ class _ConfirmState:
     targets: list[str] = attrs.field(factory=list)
     queue: list[str] = attrs.field(factory=list)
     search_end: str | None = None
+    rounds: int = 0  # extra rounds for leaders within noise of each other
 
 
 class WithConfirmation(Phase):
@@ -210,6 +211,13 @@ class WithConfirmation(Phase):
         while state.queue and len(specs) < room:
             specs.append(self._remeasure(self.tracker[state.queue.pop(0)].spec))
         if not state.queue and not self.tracker.running_of(TrialKind.CONFIRM) and not specs:
+            again = undecided(self.tracker, state.targets)
+            left = self.tracker.limits.max_trials - reserve - self.tracker.num_created
+            affordable = len(again) <= left and not out_of_time(self.tracker, 1)
+            if again and state.rounds < MAX_EXTRA_ROUNDS and affordable:
+                state.rounds += 1
+                state.queue = again
+                return self._confirm(limit, reserve)
             winner = confirm(self.tracker, state.targets)
             if winner is not None:
                 self.tracker.set_winner(winner.record.spec.request_id, winner.metrics)
@@ -241,6 +249,7 @@ class WithConfirmation(Phase):
             "confirm_targets": list(self.state.targets),
             "confirm_queue": list(self.state.queue),
             "search_end": self.state.search_end,
+            "confirm_rounds": self.state.rounds,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -249,6 +258,7 @@ class WithConfirmation(Phase):
             targets=list(state.get("confirm_targets", [])),
             queue=list(state.get("confirm_queue", [])),
             search_end=state.get("search_end"),
+            rounds=int(state.get("confirm_rounds", 0)),
         )
 
 

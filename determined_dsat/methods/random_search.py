@@ -23,7 +23,9 @@ from determined_dsat.methods.base import Proposal, SearchPolicy
 from determined_dsat.methods.lineage import (
     LineageBook,
     continue_then_start,
+    refinement_mbs,
     remaining_bounds,
+    spread_first_probe,
     start_lineage,
 )
 from determined_dsat.methods.spec import MethodSpec, add_option, at_least
@@ -74,7 +76,10 @@ class RandomPolicy(SearchPolicy):
             return None
         bounds = remaining_bounds(latest, self.space)
         if bounds is None:
-            return None
+            below = refinement_mbs(view, latest, self.space)
+            if below is None:
+                return None
+            return Proposal(latest.spec.zero, below, lineage_id, latest.spec.request_id)
         return Proposal(
             zero=latest.spec.zero,
             mbs=self._draw_mbs(bounds, rng),
@@ -90,8 +95,8 @@ class RandomPolicy(SearchPolicy):
         if spec.stage == 3 and _LOWER_STAGES & view.successful_stages():
             return True
         bounds = spec.bounds
-        if bounds is None:
-            return True
+        if bounds is None:  # refining below the largest fit
+            return refinement_mbs(view, latest, self.space) is None
         if not latest.succeeded and spec.mbs <= bounds.lo:
             return True
         had_failure = any(not r.succeeded for r in view.lineage(lineage_id) if r.finished)
@@ -108,11 +113,13 @@ class RandomPolicy(SearchPolicy):
             self.book, self.space, view, zero, 1.0, self._warm_bounds(view, int(zero["stage"]))
         )
         assert proposal.bounds is not None
+        drawn = self._draw_mbs(proposal.bounds, rng)
+        stage = int(zero["stage"])
+        mbs = spread_first_probe(
+            self.book, view, stage, proposal.lineage_id, drawn, proposal.bounds, self.space
+        )
         return Proposal(
-            zero=proposal.zero,
-            mbs=self._draw_mbs(proposal.bounds, rng),
-            lineage_id=proposal.lineage_id,
-            bounds=proposal.bounds,
+            zero=proposal.zero, mbs=mbs, lineage_id=proposal.lineage_id, bounds=proposal.bounds
         )
 
     def _warm_bounds(self, view: TrackerView, stage: int) -> SearchBounds | None:

@@ -23,7 +23,7 @@ from determined_dsat.methods import bisect
 from determined_dsat.methods.asha import AshaOptions
 from determined_dsat.methods.search_method import DSATSearchMethod
 from determined_dsat.runners.engine import SearchEngine
-from determined_dsat.runners.executor import Completion
+from determined_dsat.runners.executor import Completion, TrialExecutor
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
 from determined_dsat.settings import Backend, SearchSettings
 from determined_dsat.space.batch import MicroBatchGrid
@@ -148,7 +148,7 @@ class Timeline:
             )
 
 
-class RecordingExecutor:
+class RecordingExecutor(TrialExecutor):
     def __init__(self, inner: ReplayExecutor, timeline: Timeline) -> None:
         self.inner = inner
         self.timeline = timeline

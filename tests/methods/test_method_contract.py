@@ -27,7 +27,7 @@ from determined_dsat.build import build_method  # noqa: E402
 from determined_dsat.methods import registry  # noqa: E402
 from determined_dsat.methods.search_method import DSATSearchMethod  # noqa: E402
 from determined_dsat.runners.engine import SearchEngine
-from determined_dsat.runners.executor import Completion  # noqa: E402
+from determined_dsat.runners.executor import Completion, TrialExecutor  # noqa: E402
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction  # noqa: E402
 from determined_dsat.settings import Backend, SearchSettings  # noqa: E402
 from determined_dsat.space.batch import MicroBatchGrid  # noqa: E402
@@ -144,7 +144,7 @@ class MethodRecorder:
         return float(self.inner.progress(s))
 
 
-class WatchingExecutor:
+class WatchingExecutor(TrialExecutor):
     """Wraps an executor: records launches and completions, and the most trials ever running."""
 
     def __init__(
@@ -181,6 +181,9 @@ class WatchingExecutor:
     @property
     def num_running(self) -> int:
         return int(self.inner.num_running)
+
+    def elapsed_s(self) -> float:
+        return self.inner.elapsed_s()
 
     def cancel_all(self) -> None:
         self.running.clear()

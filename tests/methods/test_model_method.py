@@ -30,12 +30,12 @@ from determined_dsat.methods.surrogate.acquisition import (
 )
 from determined_dsat.methods.surrogate.candidates import feature_rows
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis
-from determined_dsat.space.knobs import bucket_elements
 from determined_dsat.methods.surrogate.memory import MemoryObservation, MemorySurrogate
 from determined_dsat.methods.surrogate.throughput import (
     ThroughputObservation,
     ThroughputSurrogate,
 )
+from determined_dsat.space.knobs import bucket_elements
 from determined_dsat.space.metric import Metric
 from determined_dsat.testing.synthetic import Landscape
 from determined_dsat.trials.records import Outcome

@@ -14,7 +14,7 @@ from determined_dsat.build import build_method
 from determined_dsat.methods.random_search import RandomOptions
 from determined_dsat.methods.search_method import DSATSearchMethod
 from determined_dsat.runners.engine import SearchEngine
-from determined_dsat.runners.executor import Completion
+from determined_dsat.runners.executor import Completion, TrialExecutor
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
 from determined_dsat.settings import Backend, SearchSettings
 from determined_dsat.space.batch import MicroBatchGrid
@@ -85,7 +85,7 @@ class Recorder:
         return call
 
 
-class Executor:
+class Executor(TrialExecutor):
     def __init__(self, inner: ReplayExecutor, run: Run) -> None:
         self.inner = inner
         self.run = run

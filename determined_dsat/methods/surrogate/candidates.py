@@ -78,11 +78,14 @@ def candidates(
 
 
 def around(grid: MicroBatchGrid, block: int, mbs: int, trained: bool) -> list[tuple[int, int]]:
-    """Candidates next to one finished trial of a block: just above (and 10 % above) a
-    micro-batch that trained; just below (and 5 % below) one that did not."""
+    """Candidates next to one finished trial of a block: just above (and 10 % above), and
+    10 % and 20 % below, a micro-batch that trained; just below (and 5 % below) one that
+    did not."""
     if trained:
+        # Below too: throughput may fall near the memory limit (allocator flushes).
+        below = [(block, int(mbs * 0.9)), (block, int(mbs * 0.8))]
         following = grid.next_above(mbs)
-        return [] if following is None else [(block, following), (block, int(mbs * 1.1))]
+        return below if following is None else [(block, following), (block, int(mbs * 1.1)), *below]
     return [(block, mbs - 1), (block, int(mbs * 0.95))]
 
 
