@@ -63,6 +63,14 @@ def core_api_tbs_only(tmp_path_factory: pytest.TempPathFactory) -> Runner:
 
 
 @pytest.fixture(scope="module")
+def core_api_accumulating(tmp_path_factory: pytest.TempPathFactory) -> Runner:
+    """The same script with a fixed global batch of 256: gas = 128 / mbs > 1."""
+    tmp = tmp_path_factory.mktemp("up-core-gas")
+    extra = ("--train-batch-size", "256", "--no-baseline")
+    return _search(tmp, "core_api", "deepspeed.yaml", 3, BF16_CAP_MIB, *extra)
+
+
+@pytest.fixture(scope="module")
 def deepspeed_trial(tmp_path_factory: pytest.TempPathFactory) -> Runner:
     """A list entrypoint with ``--trial``, fp32, DataLoader workers, 1 slot."""
     return _search(
@@ -121,6 +129,17 @@ def test_core_api_with_a_train_batch_size_only_config(core_api_tbs_only: Runner)
     assert best["data_types"] == {"buffer_dtype": "bf16"}
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a trial's length is end_profile_step + 1: counting steps as upstream's script does "
+    "(is_gradient_accumulation_boundary() after step()) ends the loop one micro-batch before "
+    "DeepSpeed's autotuning exit when gas > 1; end_profile_step + 2 fixes it (the lead)",
+)
+def test_core_api_with_gradient_accumulation(core_api_accumulating: Runner) -> None:
+    lines = _check_search(core_api_accumulating, 3, 2)
+    assert all(line["gas"] > 1 for line in lines if line["kind"] == "search"), lines
+
+
 def test_deepspeed_trial_with_dataloader_workers(deepspeed_trial: Runner) -> None:
     lines = _check_search(deepspeed_trial, 3, 1)
     trial_dir = deepspeed_trial.run_dir / "trials" / lines[0]["request_id"]
@@ -154,6 +173,7 @@ def test_fp16_config_is_refused_on_cpu(tmp_path: pathlib.Path) -> None:
     args = search_args("binary", model_dir, run_dir, 3, config="deepspeed.yaml")
     runner = run_dsat(args, run_dir, timeout=120, name="fp16")
     assert runner.proc.returncode == 2, runner.describe()
-    message = runner.stderr.strip()
-    assert "fp16" in message and "CPU" in message and "\n" not in message, message
+    message = runner.stderr.strip().splitlines()[-1]  # the error is one line, the last
+    assert message.startswith("dsat: error: ds_config.json: fp16 is enabled"), runner.stderr
+    assert "CPU" in message
     assert not (run_dir / "trials").exists()
