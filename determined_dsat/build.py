@@ -14,6 +14,7 @@ from determined_dsat.settings import OffloadTarget, SearchSettings
 from determined_dsat.space.batch import MicroBatchGrid, configured_gas
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.experiment import Experiment
+from determined_dsat.space.hf_args import resolve_hf_batch
 from determined_dsat.trials.tracker import Limits, Tracker
 
 
@@ -36,7 +37,19 @@ def build_space(settings: SearchSettings, experiment: Experiment) -> ConfigSpace
         offload_optimizer=OffloadTarget.OPTIMIZER in settings.offload,
         offload_param=OffloadTarget.PARAM in settings.offload,
         mbs_tolerance=settings.mbs_tolerance,
+        hf_batch=hf_batch_of(experiment),
     )
+
+
+def hf_batch_of(experiment: Experiment) -> tuple[int, int] | None:
+    """The (micro-batch, gas) an HF Trainer entrypoint resolves ``"auto"`` values to; None
+    when the entrypoint is not an HF Trainer command (no ``--deepspeed``)."""
+    entrypoint = experiment.raw.get("entrypoint")
+    if not isinstance(entrypoint, (str, list)):
+        return None
+    where = f"{experiment.config_path.name}: entrypoint"
+    batch = resolve_hf_batch(entrypoint, experiment.hparams, experiment.ds_config, where)
+    return None if batch is None else (batch.mbs, batch.gas)
 
 
 def build_driver(settings: SearchSettings, space: ConfigSpace, slots: int) -> SearchDriver:

@@ -9,14 +9,21 @@ which calls :func:`install`. From then on, inside that process:
 - ``det.core.init()`` returns Determined's own off-cluster context, with a searcher
   that yields one operation of the trial's length, checkpoints stored in the run
   directory, and every reported metric also written to ``dsat_metrics.jsonl`` so the
-  runner learns what the trial reported.
+  runner learns what the trial reported;
+- on CPU cores, a trial of several ranks that trains through Hugging Face ``accelerate``
+  (the HF ``Trainer``) sees all its ranks, as it would on a cluster's GPUs.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import json
+import os
 import pathlib
-from collections.abc import Mapping
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -112,10 +119,62 @@ class _MetricsTap:
         )
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``patch(module)`` once the module named ``name`` has been executed, so that a
+    script that never imports it pays nothing."""
+
+    def __init__(self, name: str, patch: Callable[[types.ModuleType], None]) -> None:
+        self._name = name
+        self._patch = patch
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: types.ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self._name:
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module, patch = loader.exec_module, self._patch
+
+        def exec_then_patch(module: types.ModuleType) -> None:
+            exec_module(module)
+            patch(module)
+
+        loader.exec_module = exec_then_patch  # type: ignore[method-assign]
+        return spec
+
+
+def _gloo_for_cpu_ranks(state: types.ModuleType) -> None:
+    """Make ``accelerate.state.PartialState`` use gloo where it would pick no backend.
+
+    accelerate (seen on 1.15.0, with transformers 4.57.6 and 5.24.0) chooses a backend
+    only for an accelerator it knows; with DeepSpeed on CPU cores it chooses none, and
+    then reports a world size of 1 to every rank. HF then expects ``train_batch_size``
+    for one rank and refuses the ds_config of a 2-rank trial. DeepSpeed itself runs such
+    ranks on gloo, so naming gloo gives HF the world a cluster's GPUs would.
+    """
+    partial_state = getattr(state, "PartialState", None)
+    prepare = getattr(partial_state, "_prepare_backend", None)
+    if partial_state is None or prepare is None:
+        return  # another accelerate: leave it as it is
+
+    def prepare_backend(self: Any, cpu: bool = False, *args: Any, **kwargs: Any) -> Any:
+        backend, distributed_type = prepare(self, cpu, *args, **kwargs)
+        return ("gloo" if backend is None and not cpu else backend), distributed_type
+
+    partial_state._prepare_backend = prepare_backend
+
+
 def install(sheet: TrialSheet) -> None:
     """Patch ``determined`` in this process so the user's script sees a trial."""
-    import os
-
     import determined as det
     from determined import core
     from determined.core import _context
@@ -139,3 +198,5 @@ def install(sheet: TrialSheet) -> None:
         return context
 
     core.init = local_init  # type: ignore[assignment]
+    if os.environ.get("DS_ACCELERATOR") == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.meta_path.insert(0, _AfterImport("accelerate.state", _gloo_for_cpu_ranks))

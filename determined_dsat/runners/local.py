@@ -65,6 +65,37 @@ PORT_CLASH_RETRIES = 3
 _OUTPUTS = (SHEET_NAME, METRICS_NAME, METRIC_PATH, MODEL_INFO_PATH)
 
 
+def _private_parts(experiment_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The model-dir path of the ds_config, split into its parts: a trial rewrites that
+    file (``get_hf_args_with_overwrites``), so the folders above it must be the trial's own,
+    not links into the user's model dir."""
+    hparams = experiment_config.get("hyperparameters")
+    name = hparams.get("deepspeed_config") if isinstance(hparams, Mapping) else None
+    if not isinstance(name, str) or os.path.isabs(name):
+        return ()
+    parts = pathlib.PurePath(os.path.normpath(name)).parts
+    return () if not parts or parts[0] == os.pardir else parts
+
+
+def _link_into(
+    source: pathlib.Path, link: pathlib.Path, run_dir: pathlib.Path, private: tuple[str, ...]
+) -> None:
+    """Link ``source`` in as ``link``, except that a folder on the way to the private file
+    becomes a real folder whose entries are linked in the same way (a file replaced there
+    leaves the user's own untouched)."""
+    if link.exists() or link.is_symlink():
+        return
+    target = source.resolve()
+    if target == run_dir or target in run_dir.parents:
+        return  # the run directory itself lives in the model dir
+    if len(private) > 1 and source.name == private[0] and target.is_dir():
+        link.mkdir()
+        for child in sorted(target.iterdir()):
+            _link_into(child, link / child.name, run_dir, private[1:])
+        return
+    link.symlink_to(target)
+
+
 @attrs.frozen
 class LocalTrialOptions:
     """How local trials run. ``memory_limit_mb`` caps each rank's address space."""
@@ -216,14 +247,10 @@ class LocalExecutor(TrialExecutor):
             (trial_dir / name).unlink(missing_ok=True)
         sources = [*sorted(self.options.model_dir.iterdir()), *self.options.includes]
         run_dir = trial_dir.resolve().parent.parent
+        private = _private_parts(self.options.experiment_config)
         for source in sources:
-            link = trial_dir / source.name
-            if link.exists() or link.is_symlink() or source.name in _OUTPUTS:
-                continue
-            target = source.resolve()
-            if target == run_dir or target in run_dir.parents:
-                continue  # the run directory itself lives in the model dir
-            link.symlink_to(target)
+            if source.name not in _OUTPUTS:
+                _link_into(source, trial_dir / source.name, run_dir, private)
         return trial_dir
 
     def _spawn(

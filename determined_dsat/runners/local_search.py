@@ -9,11 +9,13 @@ import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import attrs
 
 from determined_dsat.errors import ConfigError
 from determined_dsat.report.summary import print_summary
+from determined_dsat.runners.cluster.configs import custom_experiment_config
 from determined_dsat.runners.devices import Slots, check_slots_per_trial, detect_slots
 from determined_dsat.runners.entrypoint import LocalCommand, parse_entrypoint
 from determined_dsat.runners.local import LocalExecutor, LocalTrialOptions
@@ -46,7 +48,7 @@ def run_local(settings: SearchSettings, experiment: Experiment) -> int:
             "(how long to train with the best config)"
         )
     options = LocalTrialOptions(
-        experiment_config=experiment.raw,
+        experiment_config=trial_experiment_config(settings, experiment),
         model_dir=experiment.model_dir,
         command=command,
         slots_per_trial=experiment.slots_per_trial,
@@ -77,6 +79,16 @@ def run_local(settings: SearchSettings, experiment: Experiment) -> int:
             executor = LocalExecutor(full_run, slots, session.run_dir.trial_dir)
             return _run_full_experiment(session, executor, outcome, experiment)
     return 1 if outcome.failed else 0
+
+
+def trial_experiment_config(settings: SearchSettings, experiment: Experiment) -> dict[str, Any]:
+    """The experiment config a local trial sees: the user's, with the ``searcher`` block of
+    the ``custom`` experiment a cluster's trials get. Determined's HF ``DetCallback`` reads
+    that block: with ``name: custom`` it trains to the operation's length instead of
+    checking the user's ``max_length`` (a plain number, or one other than ``--max_steps``,
+    fails there)."""
+    custom = custom_experiment_config(settings, experiment.raw, {}, runner_experiment_id=0)
+    return {**experiment.raw, "searcher": custom["searcher"]}
 
 
 def _local_command(experiment: Experiment) -> LocalCommand:

@@ -67,10 +67,15 @@ def trial_length(end_profile_step: int) -> int:
     """Searcher length (batches) of a search trial.
 
     DeepSpeed (seen on 0.8.3 through 0.19.8) exits from ``engine.step()`` once
-    ``global_steps`` passes ``end_profile_step``, which happens during the step
-    numbered ``end_profile_step + 1``; asking for fewer would end the trial first.
+    ``global_steps`` passes ``end_profile_step``, which happens during the optimizer step
+    numbered ``end_profile_step + 1``; the trial must not stop first. One step more than
+    that: scripts written as upstream's examples count a step when
+    ``is_gradient_accumulation_boundary()`` holds *after* ``engine.step()``, which with
+    gradient accumulation is one micro-batch before DeepSpeed's own count, so at
+    ``end_profile_step + 1`` they would stop one micro-batch short of the exit. The exit
+    ends every trial at the same step whatever the length, so the extra step costs nothing.
     """
-    return end_profile_step + 1
+    return end_profile_step + 2
 
 
 def is_profiling_config(ds_config: Mapping[str, Any]) -> bool:

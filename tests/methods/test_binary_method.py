@@ -120,11 +120,45 @@ def lineages(method: DSATSearchMethod) -> dict[str, list[TrialRecord]]:
 
 
 def lineage_ended(records: list[TrialRecord], grid: MicroBatchGrid) -> bool:
-    latest = records[-1]
+    """Whether the lineage's bisection is over (refinement probes below it may follow)."""
+    latest = split_refinement(records)[0][-1]
     if not latest.finished:
         return False
     assert latest.spec.bounds is not None
     return bisect.narrow(latest.spec.bounds, latest.spec.mbs, latest.succeeded, grid) is None
+
+
+def split_refinement(records: list[TrialRecord]) -> tuple[list[TrialRecord], list[TrialRecord]]:
+    """A lineage's bisection probes, then its refinement probes (those proposed after the
+    bisection's range ran out: they carry no bounds)."""
+    for i, record in enumerate(records):
+        if i > 0 and record.spec.bounds is None:
+            return records[:i], records[i:]
+    return records, []
+
+
+def throughput(record: TrialRecord) -> float:
+    assert record.result is not None
+    return float(record.result.metrics["throughput"])
+
+
+def check_refinement_probe(probe: TrialRecord, lineage: list[TrialRecord]) -> None:
+    """A probe below the largest fit is asked only when throughput fell: the lineage's best
+    result (of the trials before it: a lineage runs one at a time) is not its largest
+    success, and the probe lies strictly between the nearest micro-batches tried on either
+    side of the best."""
+    before = [r for r in lineage if r.succeeded and r.spec.seq < probe.spec.seq]
+    assert len(before) >= 2, probe.spec
+    best = max(before, key=throughput)
+    assert best.spec.mbs < max(r.spec.mbs for r in before), (probe.spec.mbs, best.spec.mbs)
+    tried = [r.spec.mbs for r in lineage if r.spec.seq < probe.spec.seq]
+    below = max((m for m in tried if m < best.spec.mbs), default=0)
+    above = min(m for m in tried if m > best.spec.mbs)
+    assert below < probe.spec.mbs < above and probe.spec.mbs != best.spec.mbs, (
+        below,
+        probe.spec.mbs,
+        above,
+    )
 
 
 GRIDS: dict[str, Any] = {
@@ -136,24 +170,28 @@ GRIDS: dict[str, Any] = {
 
 def check_lineages_end_on_true_max(landscape: Landscape, grid: MicroBatchGrid) -> dict[str, int]:
     method = run_binary(landscape, grid)
-    seen = {"ended": 0, "widened": 0, "oom": 0}
+    seen = {"ended": 0, "widened": 0, "oom": 0, "refined": 0}
     for records in lineages(method).values():
         tried = [r.spec.mbs for r in records]
         assert len(set(tried)) == len(tried), f"an mbs was retried in a lineage: {tried}"
         assert len({repr(sorted(r.spec.zero.items())) for r in records}) == 1
         stage = records[0].spec.stage
         truth = landscape.true_max_mbs(stage, zero=records[0].spec.zero)
+        records, refinement = split_refinement(records)
         for i, r in enumerate(records):
             if not r.finished:
                 continue
             seen["oom"] += not r.succeeded
             # Every later probe of the lineage heeds this result: above a success, below
             # an OOM (a bisection never asks what it already knows).
-            for later in records[i + 1 :]:
-                if r.succeeded:
+            for later in records[i + 1 :] + refinement:
+                if r.succeeded and later in records:
                     assert later.spec.mbs > r.spec.mbs, (tried, r.spec.mbs)
-                else:
+                elif not r.succeeded:
                     assert later.spec.mbs < r.spec.mbs, (tried, r.spec.mbs)
+        for probe in refinement:
+            check_refinement_probe(probe, records + refinement)
+            seen["refined"] += 1
         if not lineage_ended(records, grid):
             continue
         seen["ended"] += 1
@@ -236,7 +274,7 @@ def test_search_range_factor_scales_the_first_probe() -> None:
     """A smaller factor starts lower; the lineage still ends on the true maximum."""
     landscape = landscape_for(SEEDS[0], "accurate")
     grid = MicroBatchGrid(slots=landscape.slots)
-    first_probes = {}
+    first_probes: dict[float, tuple[int, dict[str, Any]]] = {}
     for factor in (1.0, 0.25):
         space = ConfigSpace(
             base_ds_config={"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}},
@@ -264,13 +302,15 @@ def test_search_range_factor_scales_the_first_probe() -> None:
         engine.start()
         engine.run()
         first = lineages(method)["L1"]
-        first_probes[factor] = first[0].spec.mbs
+        first_probes[factor] = (first[0].spec.mbs, first[0].spec.zero)
         assert lineage_ended(first, grid)
         assert max(r.spec.mbs for r in first if r.succeeded) == landscape.true_max_mbs(
             2, zero=first[0].spec.zero
         )
-    # The first probe is the upper median of [1, floor(factor * estimate)].
-    estimate = landscape.memory.max_mbs(2)
-    for factor, probe in first_probes.items():
+    # The first probe is the upper median of [1, floor(factor * estimate)], the estimate
+    # keeping the lineage's buckets and a step's activations free.
+    for factor, (probe, zero) in first_probes.items():
+        estimate = space.estimated_max_mbs(landscape.memory, zero)
+        assert estimate < landscape.memory.max_mbs(2)
         assert probe == 1 + int(factor * estimate) // 2
-    assert first_probes[0.25] < first_probes[1.0]
+    assert first_probes[0.25][0] < first_probes[1.0][0]

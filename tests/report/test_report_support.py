@@ -9,9 +9,9 @@ import pathlib
 from typing import Any
 
 import pytest
-from determined_dsat.report.run_dir import RunDirectory
 
 from determined_dsat.cli import main as dsat_main
+from determined_dsat.store.run_dir import RunDirectory
 
 T0 = 1_700_000_000.0
 

@@ -71,3 +71,43 @@ def test_a_core_that_cannot_be_pinned_is_logged(
         _run_one(tmp_path, Slots(ids=(missing,), gpu=False))
     assert any(f"pin a trial rank to CPU core {missing}" in r.getMessage() for r in caplog.records)
     assert _rank_env(tmp_path, "t", 0)["DS_ACCELERATOR"] == "cpu"
+
+
+def test_a_trial_rewrites_only_its_own_ds_config_in_a_subfolder(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ds_config in ``configs/`` of the model dir: the trial's folders on the way to it
+    are its own, so ``get_hf_args_with_overwrites`` leaves the user's file as it was."""
+    from local_support import FAKE_RANK
+
+    from determined_dsat.integration.hparams import get_hf_args_with_overwrites
+    from determined_dsat.runners.entrypoint import LocalCommand
+    from determined_dsat.runners.local import LocalExecutor, LocalTrialOptions
+
+    model = tmp_path / "model"
+    (model / "configs" / "deep").mkdir(parents=True)
+    (model / "data").mkdir()
+    (model / "data" / "train.txt").write_text("data")
+    user = {"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 1}}
+    (model / "configs" / "deep" / "ds.json").write_text(json.dumps(user))
+    (model / "configs" / "other.json").write_text("{}")
+    options = LocalTrialOptions(
+        experiment_config={"hyperparameters": {"deepspeed_config": "configs/deep/ds.json"}},
+        model_dir=model,
+        command=LocalCommand(argv=(FAKE_RANK.name,)),
+        slots_per_trial=1,
+    )
+    trials = tmp_path / "run" / "trials"
+    executor = LocalExecutor(options, Slots(ids=(0,), gpu=False), lambda rid: trials / rid)
+    trial_dir = executor._prepare_dir("t1")
+    assert (trial_dir / "data").is_symlink()  # the rest stays linked, not copied
+    assert not (trial_dir / "configs").is_symlink()
+    assert not (trial_dir / "configs" / "deep").is_symlink()
+    assert (trial_dir / "configs" / "other.json").is_symlink()
+    monkeypatch.chdir(trial_dir)
+    hparams = {"overwrite_deepspeed_args": {"train_micro_batch_size_per_gpu": 4}}
+    args = get_hf_args_with_overwrites(["--deepspeed", "configs/deep/ds.json"], hparams)
+    assert args[args.index("--per_device_train_batch_size") + 1] == "4"
+    written = json.loads((trial_dir / "configs" / "deep" / "ds.json").read_text())
+    assert written["train_micro_batch_size_per_gpu"] == 4
+    assert json.loads((model / "configs" / "deep" / "ds.json").read_text()) == user
