@@ -2,7 +2,7 @@
 
 Scripts written against upstream build their own search runner from a parsed namespace::
 
-    args = dsat.get_full_parser().parse_args(["asha", "deepspeed.yaml", "model_dir"])
+    args = dsat.get_full_parser().parse_args(argv)  # argv: METHOD deepspeed.yaml model_dir
     exp_config = dsat.get_custom_dsat_exp_conf_from_args(args)
     method = dsat.get_search_method_class(args.search_method)(args=args, exp_config=exp_config)
     searcher.LocalSearchRunner(method, searcher_dir).run(exp_config, model_dir, includes)

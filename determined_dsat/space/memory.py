@@ -238,7 +238,10 @@ class MemoryModel:
         the true activation bytes per sample over the profile's (see
         :data:`STEP_ACTIVATION_FACTOR`)."""
         free = self.usable_bytes - self.model_state_bytes(stage, offload) - reserved_bytes
-        return max(int(free // (self._activation_bytes * activation_factor)), 0)
+        per_sample = self._activation_bytes * activation_factor
+        if float(per_sample).is_integer():  # exact for any size (floats round past 2**53)
+            return max(free // int(per_sample), 0)
+        return max(int(free // per_sample), 0)
 
     def max_mbs_per_stage(
         self, stages: Iterable[int], offload: Offload = Offload()
