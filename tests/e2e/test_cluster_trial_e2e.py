@@ -26,6 +26,7 @@ from test_local_e2e_support import clear_stale_torch_locks, copy_example
 from determined_dsat import cli
 from determined_dsat.runners.cluster.configs import custom_experiment_config
 from determined_dsat.runners.cluster.search_runner import package_dir
+from determined_dsat.runners.ext_cache import extensions_env
 from determined_dsat.runners.local import remove_shared_memory
 from determined_dsat.space import ds_config as dsc
 from determined_dsat.space.experiment import load_experiment
@@ -37,7 +38,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarnin
 DEEPSPEED_DEFAULT_PORT = 29500
 # The first DeepSpeed op build on a machine takes minutes; a warm cache, seconds.
 CONTAINER_TIMEOUT_S = 900
-CONTAINER_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# The op cache the suite's warm-up filled (on a cluster the image would hold the ops):
+# without it DeepSpeed compiles them again in the container, minutes on 2 cores.
+CONTAINER_ENV = {
+    "DS_ACCELERATOR": "cpu",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+    **extensions_env(),
+}
 # A search trial's own overwrites: micro-batch 2 on the one slot, ZeRO-1.
 SEARCH_TRIAL = {
     "train_micro_batch_size_per_gpu": 2,

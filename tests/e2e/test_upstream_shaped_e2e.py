@@ -110,7 +110,9 @@ def _check_search(runner: Runner, max_trials: int, slots: int) -> list[dict[str,
     assert "autotuning" not in best
     mbs, gas = best["train_micro_batch_size_per_gpu"], best["gradient_accumulation_steps"]
     assert best["train_batch_size"] == mbs * gas * slots
-    assert any((line["mbs"], line["gas"], line["status"]) == (mbs, gas, "ok") for line in searched)
+    # The pick is a searched config that trained, or the baseline when none beat it.
+    candidates = [line for line in lines if line["kind"] in ("search", "confirm", "baseline")]
+    assert any((line["mbs"], line["gas"], line["status"]) == (mbs, gas, "ok") for line in candidates)
     assert best["prescale_gradients"] is False  # the user's own keys are kept
     no_processes_left(run_dir, within=1.0)
     return lines
