@@ -8,4 +8,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # The constraint pins the CPU build of torch; an unpinned torch pulls GBs of CUDA packages.
-.venv/bin/python -m pip install -q -c constraints-cpu.txt -e '.[dev,report]'
+.venv/bin/python -m pip install -q -c constraints-cpu.txt -e '.[dev,report,hf]'

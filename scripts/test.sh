@@ -23,8 +23,8 @@ export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
 .venv/bin/ruff check determined_dsat tests benchmarks
 .venv/bin/ruff format --check determined_dsat tests benchmarks
 .venv/bin/mypy
-# The fast suite first, then the end-to-end suite with real DeepSpeed on CPU (~8 min on
+# The fast suite first (spread over the cores by pytest-xdist), then the end-to-end suite with real DeepSpeed on CPU (~8 min on
 # 2 cores; scripts/test-e2e.sh runs it alone).
 # -rs lists every skip and its reason (under CI=true there are none: a skip fails).
-.venv/bin/python -m pytest -q -rs --ignore=tests/e2e "$@"
+.venv/bin/python -m pytest -q -rs -n auto --ignore=tests/e2e "$@"
 .venv/bin/python -m pytest -q -rs --durations=10 tests/e2e "$@"

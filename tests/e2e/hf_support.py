@@ -35,16 +35,18 @@ def hf_model_line(mbs: int, gas: int, world_size: int) -> str:
     return f"micro-batch {mbs} x {gas} accumulation; world size {world_size}"
 
 
-def check_hf_trial(trial_dir: pathlib.Path, line: Mapping[str, Any], slots: int) -> None:
+def check_hf_trial(
+    trial_dir: pathlib.Path, line: Mapping[str, Any], slots: int, config: str = "ds_config.json"
+) -> None:
     """A trial ran the batch the search chose, on every rank, and reported DeepSpeed's own
-    measurements (not HF's losses)."""
+    measurements (not HF's losses); ``config``: the ds_config's path in the model dir."""
     for rank in range(slots):
         log = (trial_dir / f"rank{rank}.log").read_text(errors="replace")
         assert hf_model_line(line["mbs"], line["gas"], slots) in log, (rank, log[-3000:])
     sheet = read_json(trial_dir / "dsat_trial.json")
     assert sheet["experiment_config"]["searcher"] == CUSTOM_SEARCHER
     # get_hf_args_with_overwrites rewrote the trial's own copy of the ds_config...
-    ds_config = trial_dir / "ds_config.json"
+    ds_config = trial_dir / config
     assert not ds_config.is_symlink()
     written = json.loads(ds_config.read_text())
     assert written["train_micro_batch_size_per_gpu"] == line["mbs"]

@@ -55,9 +55,36 @@ def _set(max_length: Any, slots: int) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
-def _search(tmp: pathlib.Path, max_length: Any, slots: int, max_trials: int, *extra: str) -> Runner:
+SUBDIR_CONFIG = "ds_configs/ds_config.json"
+
+
+def _config_in_a_subdirectory(config: dict[str, Any]) -> None:
+    """The ds_config in ``ds_configs/`` of the model dir, as upstream's HF examples had it."""
+    config["hyperparameters"]["deepspeed_config"] = SUBDIR_CONFIG
+    config["entrypoint"] = config["entrypoint"].replace(
+        "--deepspeed ds_config.json", f"--deepspeed {SUBDIR_CONFIG}"
+    )
+
+
+def _search(
+    tmp: pathlib.Path,
+    max_length: Any,
+    slots: int,
+    max_trials: int,
+    *extra: str,
+    subdir: bool = False,
+) -> Runner:
     require_hf()
-    model_dir = copy_example("hf_trainer", tmp / "model", edit=_set(max_length, slots))
+
+    def edit(config: dict[str, Any]) -> None:
+        _set(max_length, slots)(config)
+        if subdir:
+            _config_in_a_subdirectory(config)
+
+    model_dir = copy_example("hf_trainer", tmp / "model", edit=edit)
+    if subdir:
+        (model_dir / "ds_configs").mkdir()
+        (model_dir / "ds_config.json").rename(model_dir / SUBDIR_CONFIG)
     run_dir = tmp / "run"
     args = search_args("binary", model_dir, run_dir, max_trials, memory_cap=MEMORY_CAP_MIB)
     args += ["--max-concurrent-trials", "1", "--train-batch-size", str(TRAIN_BATCH_SIZE)]
@@ -69,8 +96,9 @@ def _search(tmp: pathlib.Path, max_length: Any, slots: int, max_trials: int, *ex
 
 @pytest.fixture(scope="module")
 def plain_number(tmp_path_factory: pytest.TempPathFactory) -> Runner:
-    """``max_length: 20`` (DetCallback read ``.keys()`` of it), one slot."""
-    return _search(tmp_path_factory.mktemp("hf-number"), MAX_STEPS, 1, 4)
+    """``max_length: 20`` (DetCallback read ``.keys()`` of it), one slot, the ds_config in
+    a subfolder of the model dir."""
+    return _search(tmp_path_factory.mktemp("hf-number"), MAX_STEPS, 1, 4, subdir=True)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +109,9 @@ def batches_two_slots(tmp_path_factory: pytest.TempPathFactory) -> Runner:
     return _search(tmp, {"batches": 50}, 2, 3, "--run-full-experiment")
 
 
-def _check_search(runner: Runner, max_trials: int, slots: int) -> list[dict[str, Any]]:
+def _check_search(
+    runner: Runner, max_trials: int, slots: int, config: str = "ds_config.json"
+) -> list[dict[str, Any]]:
     """Every trial ran HF with the search's batch and reported DeepSpeed's measurements;
     the best config is the fastest trial's, consistent and ready for HF."""
     assert runner.proc.returncode == 0, runner.describe()
@@ -91,12 +121,11 @@ def _check_search(runner: Runner, max_trials: int, slots: int) -> list[dict[str,
     assert lines[0]["metrics"]["num_params"] > 0
     for line in lines:
         check_batch(line, slots)
-        check_hf_trial(check_trial_dir(runner.run_dir, line, slots), line, slots)
+        check_hf_trial(check_trial_dir(runner.run_dir, line, slots), line, slots, config)
     measured = [line for line in lines[1:] if line["status"] == "ok"]
     assert {line["kind"] for line in measured} & {"search", "confirm"}, runner.describe()
     for line in measured:
         assert line["metrics"]["throughput"] > 0
-    searched = [line for line in measured if line["kind"] != "baseline"]
     best = read_json(runner.run_dir / "best_ds_config.json")
     if not any(line["kind"] == "confirm" for line in lines):  # else a median decides
         # The user's own config (the baseline) is the pick when no searched one beat it.
@@ -143,7 +172,7 @@ def _check_bisection(lines: list[dict[str, Any]]) -> None:
 
 
 def test_plain_number_max_length(plain_number: Runner) -> None:
-    _check_bisection(_check_search(plain_number, 4, 1))
+    _check_bisection(_check_search(plain_number, 4, 1, SUBDIR_CONFIG))
 
 
 def test_batches_max_length_on_two_slots(batches_two_slots: Runner) -> None:
@@ -175,33 +204,8 @@ def test_baseline_runs_the_batch_of_the_scripts_flags(plain_number: Runner) -> N
     assert (baseline["mbs"], baseline["gas"]) == (expected.mbs, expected.gas)
 
 
-@pytest.fixture(scope="module")
-def config_in_a_subdirectory(tmp_path_factory: pytest.TempPathFactory) -> Runner:
-    """The ds_config in ``ds_configs/`` of the model dir, as upstream's HF examples had it."""
-    require_hf()
-    tmp = tmp_path_factory.mktemp("hf-subdir")
-
-    def move_config(config: dict[str, Any]) -> None:
-        config["searcher"]["max_length"] = MAX_STEPS
-        config["hyperparameters"]["deepspeed_config"] = "ds_configs/ds_config.json"
-        config["entrypoint"] = config["entrypoint"].replace(
-            "--deepspeed ds_config.json", "--deepspeed ds_configs/ds_config.json"
-        )
-
-    model_dir = copy_example("hf_trainer", tmp / "model", edit=move_config)
-    (model_dir / "ds_configs").mkdir()
-    (model_dir / "ds_config.json").rename(model_dir / "ds_configs" / "ds_config.json")
-    run_dir = tmp / "run"
-    args = search_args("binary", model_dir, run_dir, 2, memory_cap=MEMORY_CAP_MIB)
-    args += ["--train-batch-size", str(TRAIN_BATCH_SIZE)]
-    try:
-        return run_dsat(args, run_dir, timeout=600, name="search")
-    finally:
-        kill_leftovers(run_dir)
-
-
-def test_a_config_in_a_subdirectory_stays_the_users(config_in_a_subdirectory: Runner) -> None:
-    runner = config_in_a_subdirectory
+def test_a_config_in_a_subdirectory_stays_the_users(plain_number: Runner) -> None:
+    runner = plain_number
     assert runner.proc.returncode == 0, runner.describe()
-    user_file = runner.run_dir.parent / "model" / "ds_configs" / "ds_config.json"
+    user_file = runner.run_dir.parent / "model" / SUBDIR_CONFIG
     assert json.loads(user_file.read_text()) == json.loads((EXAMPLE / "ds_config.json").read_text())

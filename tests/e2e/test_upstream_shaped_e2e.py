@@ -56,18 +56,12 @@ def _search(
 
 @pytest.fixture(scope="module")
 def core_api_tbs_only(tmp_path_factory: pytest.TempPathFactory) -> Runner:
-    """``train_batch_size: 256`` alone, 2 slots, bf16, DeepSpeed's own data loader."""
+    """``train_batch_size: 256`` alone, 2 slots, bf16, DeepSpeed's own data loader; the
+    search keeps the global batch (``--train-batch-size 256``), so gas = 128 / mbs."""
+    extra = ("--train-batch-size", "256")
     return _search(
-        tmp_path_factory.mktemp("up-core"), "core_api", "deepspeed.yaml", 4, BF16_CAP_MIB
+        tmp_path_factory.mktemp("up-core"), "core_api", "deepspeed.yaml", 4, BF16_CAP_MIB, *extra
     )
-
-
-@pytest.fixture(scope="module")
-def core_api_accumulating(tmp_path_factory: pytest.TempPathFactory) -> Runner:
-    """The same script with a fixed global batch of 256: gas = 128 / mbs > 1."""
-    tmp = tmp_path_factory.mktemp("up-core-gas")
-    extra = ("--train-batch-size", "256", "--no-baseline")
-    return _search(tmp, "core_api", "deepspeed.yaml", 3, BF16_CAP_MIB, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +106,9 @@ def _check_search(runner: Runner, max_trials: int, slots: int) -> list[dict[str,
     assert best["train_batch_size"] == mbs * gas * slots
     # The pick is a searched config that trained, or the baseline when none beat it.
     candidates = [line for line in lines if line["kind"] in ("search", "confirm", "baseline")]
-    assert any((line["mbs"], line["gas"], line["status"]) == (mbs, gas, "ok") for line in candidates)
+    assert any(
+        (line["mbs"], line["gas"], line["status"]) == (mbs, gas, "ok") for line in candidates
+    )
     assert best["prescale_gradients"] is False  # the user's own keys are kept
     no_processes_left(run_dir, within=1.0)
     return lines
@@ -131,9 +127,13 @@ def test_core_api_with_a_train_batch_size_only_config(core_api_tbs_only: Runner)
     assert best["data_types"] == {"buffer_dtype": "bf16"}
 
 
-def test_core_api_with_gradient_accumulation(core_api_accumulating: Runner) -> None:
-    lines = _check_search(core_api_accumulating, 3, 2)
-    assert all(line["gas"] > 1 for line in lines if line["kind"] == "search"), lines
+def test_core_api_with_gradient_accumulation(core_api_tbs_only: Runner) -> None:
+    """Upstream's script counts a step when ``is_gradient_accumulation_boundary()`` holds
+    after ``engine.step()``; with gas > 1 a search trial still reaches DeepSpeed's exit."""
+    lines = read_trials(core_api_tbs_only.run_dir)
+    accumulating = [ln for ln in lines if ln["kind"] == "search" and ln["gas"] > 1]
+    assert accumulating, lines
+    assert all(ln["status"] == "ok" and ln["metrics"]["throughput"] > 0 for ln in accumulating)
 
 
 def test_deepspeed_trial_with_dataloader_workers(deepspeed_trial: Runner) -> None:
