@@ -70,7 +70,7 @@ def build_driver(settings: SearchSettings, space: ConfigSpace, slots: int) -> Se
     return SearchDriver(
         policy,
         space,
-        Tracker(settings.metric, limits),
+        Tracker(settings.metric, limits, baseline_may_win=space.baseline_is_candidate),
         settings.random_seed,
         baseline=settings.baseline,
         confirm_top=settings.confirm_top,

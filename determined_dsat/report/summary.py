@@ -142,7 +142,16 @@ def render_summary(
 
     lines.append("")
     overall_value = None if overall is None else metric_value(overall, metric)
-    if overall is None or overall_value is None:
+    baseline_ran = any(
+        r.spec.kind is TrialKind.BASELINE and r.result is not None and r.succeeded for r in records
+    )
+    if (overall is None or overall_value is None) and baseline_ran:
+        lines.append(
+            "No searched configuration succeeded, and your ds_config.json (the baseline) "
+            "breaks the search's batch constraints (--train-batch-size, --divisible-by, "
+            "--max-mbs); no best ds_config was written."
+        )
+    elif overall is None or overall_value is None:
         lines.append("No configuration succeeded; no best ds_config was written.")
     else:
         own = overall.spec.kind is TrialKind.BASELINE

@@ -136,6 +136,17 @@ class ConfigSpace:
         return batch.train_micro_batch_size_per_gpu, batch.gradient_accumulation_steps
 
     @property
+    def baseline_is_candidate(self) -> bool:
+        """Whether the user's own batch keeps the search's batch constraints (the global
+        batch of ``--train-batch-size``, ``--divisible-by``, ``--max-mbs``), so that the
+        baseline may be recommended when nothing searched beats it."""
+        mbs, gas = self.user_batch
+        tbs = self.grid.train_batch_size
+        if tbs is not None and mbs * gas * self.grid.slots != tbs:
+            return False
+        return self.grid.allowed(mbs)
+
+    @property
     def user_zero(self) -> dict[str, Any]:
         """The user's own ``zero_optimization`` block (stage 0 when there is none)."""
         zero = self.user_ds_config.get("zero_optimization")

@@ -45,9 +45,12 @@ class Tracker:
     """The search's trial records. Policies read it (as a ``TrackerView``); only the search
     driver writes it."""
 
-    def __init__(self, metric: Metric, limits: Limits) -> None:
+    def __init__(self, metric: Metric, limits: Limits, baseline_may_win: bool = True) -> None:
         self.metric = metric
         self.limits = limits
+        # False when the user's own batch breaks the search's constraints (--train-batch-size,
+        # --divisible-by, --max-mbs): then it is measured for comparison only.
+        self.baseline_may_win = baseline_may_win
         self.profile: ModelProfile | None = None
         self._records: dict[str, TrialRecord] = {}
         self._running: dict[str, None] = {}
@@ -198,8 +201,11 @@ class Tracker:
     def recommended(self) -> TrialRecord | None:
         """The configuration to train with: the search's best (its confirmed winner once
         there is one), unless the user's own ds_config (the baseline trial) trained and
-        scored higher, or was the only one that trained."""
+        scored higher, or was the only one that trained, and keeps the search's batch
+        constraints (:attr:`baseline_may_win`)."""
         best, baseline = self.best(), self.baseline_record
+        if not self.baseline_may_win:
+            return best
         base_score = None if baseline is None else self.score(baseline)
         if base_score is None:
             return best
@@ -320,6 +326,7 @@ class Tracker:
             "version": STATE_VERSION,
             "metric": self.metric.value,
             "limits": self.limits.to_json(),
+            "baseline_may_win": self.baseline_may_win,
             "elapsed_s": self.elapsed_s,
             "profile": None if self.profile is None else self.profile.to_json(),
             "journaled": journaled,
@@ -338,7 +345,11 @@ class Tracker:
         journaled = int(data.get("journaled", 0))
         if len(journal) < journaled:
             raise ValueError(f"the state needs {journaled} journaled trials, found {len(journal)}")
-        tracker = cls(Metric.parse(data["metric"]), Limits(**data["limits"]))
+        tracker = cls(
+            Metric.parse(data["metric"]),
+            Limits(**data["limits"]),
+            baseline_may_win=bool(data.get("baseline_may_win", True)),
+        )
         tracker.elapsed_s = float(data.get("elapsed_s", 0.0))
         if data.get("profile") is not None:
             tracker.profile = ModelProfile.from_metrics(data["profile"])

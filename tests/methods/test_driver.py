@@ -131,3 +131,42 @@ def test_the_state_round_trips_and_continues_identically() -> None:
     second.load_state_dict(json.loads(json.dumps(first.state_dict())))
     a, b = first.ask(), second.ask()
     assert [s.to_json() for s in a] == [s.to_json() for s in b]
+
+
+@pytest.mark.parametrize(
+    ("grid", "may_win"),
+    [
+        (MicroBatchGrid(slots=1), True),
+        (MicroBatchGrid(slots=1, train_batch_size=2), True),  # mbs 2 x gas 1 x 1 slot = 2
+        (MicroBatchGrid(slots=1, train_batch_size=8), False),  # another global batch
+        (MicroBatchGrid(slots=1, divisible_by=4), False),
+        (MicroBatchGrid(slots=1, mbs_cap=1), False),
+    ],
+)
+def test_a_baseline_that_breaks_the_batch_constraints_is_never_the_pick(
+    grid: MicroBatchGrid, may_win: bool
+) -> None:
+    """The user's own ds_config (micro-batch 2) is measured either way, but recommended
+    only when it keeps --train-batch-size, --divisible-by and --max-mbs; the flag survives
+    the state round trip."""
+    space = ConfigSpace(
+        base_ds_config={"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True}},
+        base_hparams={"deepspeed_config": "ds_config.json"},
+        stages=(1, 2),
+        grid=grid,
+        start_profile_step=3,
+        end_profile_step=5,
+    )
+    assert space.baseline_is_candidate is may_win
+    tracker = Tracker(Metric.THROUGHPUT, Limits(12, 4, 1), baseline_may_win=may_win)
+    d = SearchDriver(BinaryPolicy(space, BinaryOptions()), space, tracker, seed=1, baseline=True)
+
+    def result(spec: TrialSpec) -> TrialResult:
+        return ok(50.0) if spec.kind is TrialKind.BASELINE else ok(20.0)
+
+    finish_all(d, start(d), result)
+    pick = d.tracker.recommended()
+    assert pick is not None
+    assert pick.spec.kind is (TrialKind.BASELINE if may_win else TrialKind.SEARCH)
+    restored = Tracker.from_json(d.tracker.to_json())
+    assert restored.baseline_may_win is may_win

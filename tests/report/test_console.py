@@ -239,6 +239,19 @@ def test_summary_when_nothing_succeeded() -> None:
     assert "*" not in text
 
 
+def test_summary_when_only_a_baseline_outside_the_constraints_trained() -> None:
+    """Nothing searched trained and the user's own config may not be the pick (it breaks
+    --train-batch-size): the summary says so instead of 'No configuration succeeded'."""
+    records = [
+        rec(1, 1, 4, kind=TrialKind.BASELINE, throughput=10.0),
+        rec(2, 2, 8, Outcome.OOM),
+    ]
+    text = render_summary(records, Metric.THROUGHPUT, None, None, recommended=None)
+    assert "No configuration succeeded" not in text
+    assert "your ds_config.json (the baseline) breaks the search's batch constraints" in text
+    assert "best_ds_config.json:" not in text
+
+
 def test_summary_empty() -> None:
     text = render_summary([], Metric.FLOPS_PER_GPU, None, None)
     assert "Search trials: 0" in text
