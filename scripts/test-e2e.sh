@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
-.venv/bin/python -m pytest -q tests/e2e "$@"
+.venv/bin/python -m pytest -q -n 2 --dist loadfile tests/e2e "$@"
