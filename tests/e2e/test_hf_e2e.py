@@ -128,8 +128,14 @@ def _check_search(
         assert line["metrics"]["throughput"] > 0
     best = read_json(runner.run_dir / "best_ds_config.json")
     if not any(line["kind"] == "confirm" for line in lines):  # else a median decides
-        # The user's own config (the baseline) is the pick when no searched one beat it.
-        fastest = max(measured, key=lambda line: line["metrics"]["throughput"])
+        # The user's own config (the baseline) is the pick when no searched one beat it,
+        # if it keeps --train-batch-size.
+        eligible = [
+            line
+            for line in measured
+            if line["kind"] != "baseline" or line["mbs"] * line["gas"] * slots == TRAIN_BATCH_SIZE
+        ]
+        fastest = max(eligible, key=lambda line: line["metrics"]["throughput"])
         assert best["train_micro_batch_size_per_gpu"] == fastest["mbs"]
         assert best["gradient_accumulation_steps"] == fastest["gas"]
         best_metrics = read_json(runner.run_dir / "best_ds_metrics.json")
