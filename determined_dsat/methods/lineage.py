@@ -129,18 +129,8 @@ def bisection_step(
     bounds = remaining_bounds(record, space)
     if bounds is None:
         mbs = None if view is None else refinement_mbs(view, record, space)
-        if mbs is None:
-            return None
-        spec = record.spec
-        assert spec.lineage_id is not None
-        return Proposal(
-            zero=spec.zero,
-            mbs=mbs,
-            lineage_id=spec.lineage_id,
-            parent_id=spec.request_id,
-            rung=spec.rung if rung is None else rung,
-        )
-    mbs = bisect.midpoint(bounds, space.grid)
+    else:
+        mbs = bisect.midpoint(bounds, space.grid)
     if mbs is None:
         return None
     spec = record.spec
@@ -150,7 +140,7 @@ def bisection_step(
         mbs=mbs,
         lineage_id=spec.lineage_id,
         parent_id=spec.request_id,
-        bounds=bounds,
+        bounds=bounds,  # None for a refinement probe: it lies inside the explored range
         rung=spec.rung if rung is None else rung,
     )
 
