@@ -12,6 +12,7 @@ a driver that makes the same decisions. Every runner reaches it through the
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -219,10 +220,14 @@ def _profile_failure(result: TrialResult) -> str:
     return f"the profiling trial failed ({outcome.value}: {shown or 'no error in its log'})"
 
 
+_RANK_PREFIX = re.compile(r"^\s*\[rank\d+\]:")
+
+
 def last_error_line(detail: str) -> str:
     """The line of a failure's log that names the error: the last line of its last
     traceback (``ModuleNotFoundError: No module named 'x'``), else its last line."""
-    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    lines = [_RANK_PREFIX.sub("", line).strip() for line in detail.splitlines()]
+    lines = [line for line in lines if line]
     if not lines:
         return ""
     after = max((i for i, line in enumerate(lines) if line.startswith("Traceback")), default=-1)

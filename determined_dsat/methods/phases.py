@@ -282,8 +282,15 @@ def _room_keeping(budget: int, k: int, could: int) -> int:
     return max(below, budget - k, 1)
 
 
+BASELINE_AFTER = 2
+"""Search trials that finish before the baseline runs (it runs sooner if the search has
+nothing to start): the user's own config is a known quantity, and the first searched
+configurations are the likeliest to be better, so they should not wait behind it."""
+
+
 class WithBaseline(Phase):
-    """Measures the user's own ds_config first, once the model profile is in."""
+    """Measures the user's own ds_config once, after the first search results (or whenever
+    the search has a free slot it cannot use); a slot is held for it until then."""
 
     def __init__(
         self, inner: Phase, space: ConfigSpace, tracker: Tracker, ids: RequestIds, enabled: bool
@@ -299,14 +306,32 @@ class WithBaseline(Phase):
         return self.inner.end_reason()
 
     def ask(self, limit: int, reserve: int) -> list[TrialSpec]:
-        specs: list[TrialSpec] = []
-        pending = self.enabled and not self.created
-        if pending and self.tracker.profile is not None and self.tracker.capacity(reserve) >= 1:
-            spec = baseline_spec(self.space, self.ids.new())
-            self.tracker.add(spec)
-            self.created, pending = True, False
-            specs.append(spec)
-        return specs + self.inner.ask(limit - len(specs), reserve + int(pending))
+        if not self.enabled or self.created:
+            return self.inner.ask(limit, reserve)
+        if self.tracker.profile is None:
+            return self.inner.ask(limit, reserve + 1)
+        specs = self._create(reserve) if self._due() else []
+        if specs:
+            return specs + self.inner.ask(limit - 1, reserve)
+        specs = self.inner.ask(limit, reserve + 1)
+        if len(specs) < limit:
+            specs += self._create(reserve)
+        return specs
+
+    def _due(self) -> bool:
+        finished = sum(
+            1 for r in self.tracker.records() if r.spec.kind is TrialKind.SEARCH and r.finished
+        )
+        return finished >= BASELINE_AFTER or self.inner.end_reason() is not None
+
+    def _create(self, reserve: int) -> list[TrialSpec]:
+        if self.tracker.capacity(reserve) < 1:
+            return []
+        request_id = self.ids.new()
+        spec = baseline_spec(self.space, request_id, self.ids.next_seq)
+        self.tracker.add(spec)
+        self.created = True
+        return [spec]
 
     def tell(self, record: TrialRecord) -> None:
         self.inner.tell(record)

@@ -123,6 +123,13 @@ class SearchEngine:
         else:
             self._dispatch("trialExitedEarly", completion)
             self._dispatch("trialClosed", completion.request_id)
+        # The trial's own event first, and its observer before the operations it triggers
+        # run: a launch that fails must not lose the line of the trial that just finished.
+        kind, payload = self._events.popleft()
+        ops = self._handle(kind, payload)
+        if self._on_trial_finished is not None:
+            self._on_trial_finished(trial)
+        self._apply(ops)
         self._drain()
         if self._on_trial_finished is not None:
             self._on_trial_finished(trial)

@@ -21,12 +21,18 @@ def profile_spec(space: ConfigSpace, request_id: str) -> TrialSpec:
     )
 
 
-def baseline_spec(space: ConfigSpace, request_id: str) -> TrialSpec:
+def baseline_spec(space: ConfigSpace, request_id: str, seq: int = 0) -> TrialSpec:
     """The user's own ds_config, measured as it is: their micro-batch, accumulation and
-    ZeRO block (``train_batch_size`` made consistent, as DeepSpeed requires)."""
+    ZeRO block (``train_batch_size`` made consistent, as DeepSpeed requires). ``seq``: its
+    place in the order the search created trials."""
     mbs, gas = space.user_batch
     return TrialSpec(
-        request_id=request_id, kind=TrialKind.BASELINE, mbs=mbs, gas=gas, zero=space.user_zero
+        request_id=request_id,
+        kind=TrialKind.BASELINE,
+        mbs=mbs,
+        gas=gas,
+        zero=space.user_zero,
+        seq=seq,
     )
 
 

@@ -61,7 +61,7 @@ def test_ours_runs_profile_baseline_search_and_confirmations(tmp_path: pathlib.P
     method = build_ours("binary", model, max_trials=40, max_concurrent_trials=4, seed=42)
     result = drive(method, our_executor(method, landscape, 42))
     kinds = [t.kind for t in result.trials]
-    assert kinds[:2] == ["profile", "baseline"] or kinds[:2] == ["baseline", "profile"]
+    assert kinds[0] == "profile" and kinds.count("baseline") == 1
     assert "confirm" in kinds
     assert len(kinds) <= 40
     finish = [t.finish_s for t in result.trials]
