@@ -131,6 +131,9 @@ class SearchEngine:
             self._on_trial_finished(trial)
         self._apply(ops)
         self._drain()
+        # Again once the events it triggered have settled: the launches change the
+        # running count the progress bar shows, and the trial's close can decide the
+        # winner. The observer writes the trial's line only once.
         if self._on_trial_finished is not None:
             self._on_trial_finished(trial)
         self._checkpoint()

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from determined_dsat.integration.local_context import METRICS_NAME
+from determined_dsat.methods.driver import last_error_line
 from determined_dsat.space.ds_config import METRIC_PATH, MODEL_INFO_PATH
 from determined_dsat.trials.records import OUTCOME_KEY, Outcome, TrialResult
 
@@ -28,6 +29,9 @@ _OOM_PATTERNS = re.compile(
 _PORT_CLASH_PATTERNS = re.compile(r"EADDRINUSE|Address already in use", re.IGNORECASE)
 _SIGKILL = -9
 TAIL_LINES = 25
+# Separates what happened from the log tail in a failed trial's detail; written by
+# ``with_log_tail`` and split again by ``short_detail``.
+LOG_TAIL_MARKER = "; log tail:"
 
 
 @attrs.frozen
@@ -117,7 +121,7 @@ def classify(ending: TrialEnding, extra: Mapping[str, Any] | None = None) -> Tri
         return TrialResult(Outcome.OK, {**metrics, **(extra or {})}, duration)
     tail = log_tail(ending.log_paths)
     if ending.timed_out:
-        return TrialResult(Outcome.TIMEOUT, {}, duration, f"timed out; log tail:\n{tail}")
+        return TrialResult(Outcome.TIMEOUT, {}, duration, with_log_tail("timed out", tail))
     if clean_exit:
         if ending.autotuning:
             detail = "exited without reporting metrics (is the training loop inside "
@@ -126,6 +130,21 @@ def classify(ending: TrialEnding, extra: Mapping[str, Any] | None = None) -> Tri
         return TrialResult(Outcome.OK, {}, duration)
     killed = any(code == _SIGKILL for code in ending.exit_codes) and not ending.killed_by_us
     if _logs_match(ending.log_paths, _OOM_PATTERNS) or killed:
-        return TrialResult(Outcome.OOM, {}, duration, f"out of memory; log tail:\n{tail}")
+        return TrialResult(Outcome.OOM, {}, duration, with_log_tail("out of memory", tail))
     codes = ",".join(str(c) for c in ending.exit_codes)
-    return TrialResult(Outcome.ERROR, {}, duration, f"exit codes {codes}; log tail:\n{tail}")
+    return TrialResult(Outcome.ERROR, {}, duration, with_log_tail(f"exit codes {codes}", tail))
+
+
+def with_log_tail(what: str, tail: str) -> str:
+    """A failure's detail: what happened, then the log tail that shows it."""
+    return f"{what}{LOG_TAIL_MARKER}\n{tail}"
+
+
+def short_detail(detail: str) -> str:
+    """A failure's detail in one line for dsat.log: what happened and the error it names
+    (the log tail stays in the trial's own log and in trials.jsonl)."""
+    head, marker, tail = detail.partition(LOG_TAIL_MARKER)
+    if not marker:
+        return detail if "\n" not in detail else last_error_line(detail)
+    error = last_error_line(tail)
+    return f"{head}: {error}" if error else head

@@ -13,10 +13,10 @@ from typing import Any
 
 from determined_dsat.build import build_method, build_space
 from determined_dsat.errors import ConfigError
-from determined_dsat.methods.driver import last_error_line
 from determined_dsat.report import console
 from determined_dsat.runners.engine import EngineTrial, SearchEngine
 from determined_dsat.runners.executor import Completion, TrialExecutor
+from determined_dsat.runners.outcome import short_detail
 from determined_dsat.settings import SearchSettings
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.ds_config import OVERWRITE_KEY
@@ -249,16 +249,6 @@ def _describe_result(record: TrialRecord, settings: SearchSettings) -> str:
     if record.result.detail:
         text += f" ({short_detail(record.result.detail)})"
     return text
-
-
-def short_detail(detail: str) -> str:
-    """A failure's detail in one line for dsat.log: what happened and the error it names
-    (the log tail stays in the trial's own log and in trials.jsonl)."""
-    head, marker, tail = detail.partition("; log tail:")
-    if not marker:
-        return detail if "\n" not in detail else last_error_line(detail)
-    error = last_error_line(tail)
-    return f"{head}: {error}" if error else head
 
 
 def _duration(seconds: float) -> str:

@@ -10,7 +10,14 @@ import attrs
 import pytest
 
 from determined_dsat.integration.local_context import METRICS_NAME
-from determined_dsat.runners.outcome import TrialEnding, classify, log_tail, port_clash
+from determined_dsat.runners.outcome import (
+    TrialEnding,
+    classify,
+    log_tail,
+    port_clash,
+    short_detail,
+    with_log_tail,
+)
 from determined_dsat.space.ds_config import METRIC_PATH, MODEL_INFO_PATH
 from determined_dsat.trials.records import Outcome
 
@@ -145,3 +152,32 @@ def test_log_tail_prefers_the_failing_rank(tmp_path: pathlib.Path) -> None:
     assert tail == "\n".join(TRACEBACK.splitlines()[-3:])
     assert log_tail([quiet], lines=2) == "step 98\nstep 99"
     assert log_tail([]) == ""
+
+
+OOM_TAIL = (
+    '[rank0]:   File "train.py", line 84, in train_steps\n'
+    "[rank0]:     engine.backward(loss)\n"
+    "[rank0]: RuntimeError: [enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: "
+    "can't allocate memory\n"
+)
+
+
+def test_a_log_tail_becomes_its_error_line_for_dsat_log() -> None:
+    line = short_detail(with_log_tail("out of memory", OOM_TAIL))
+    assert "\n" not in line
+    assert line.startswith("out of memory: RuntimeError: [enforce fail")
+    assert "[rank0]" not in line and "engine.backward" not in line
+
+
+def test_details_without_a_tail_are_kept_for_dsat_log() -> None:
+    assert short_detail("closed before it reported") == "closed before it reported"
+    assert short_detail(with_log_tail("timed out", "")) == "timed out"
+
+
+def test_classify_writes_details_that_short_detail_shortens(tmp_path: pathlib.Path) -> None:
+    log = tmp_path / "rank0.log"
+    log.write_text(TRACEBACK + "\n")
+    ending = TrialEnding(tmp_path, (1,), (log,), 1.0)
+    result = classify(ending)
+    assert result.outcome is Outcome.ERROR
+    assert short_detail(result.detail) == "exit codes 1: ValueError: bad shape"
