@@ -63,3 +63,42 @@ def compare_tables(infos: Iterable[LandscapeInfo]) -> TableComparison:
         max_gap_upstream_larger=max(upstream_gaps, default=0.0),
         mean_upstream_over_ours=mean(ratios),
     )
+
+
+def table_gaps(family_name: str, count: int) -> tuple[int, int, float]:
+    """(feasible landscapes, landscapes where our table's optimum is below 99 % of the best
+    over ours, upstream's and DeepSpeed's tables, the smallest such ratio)."""
+    from benchmarks.efficiency import search_tables
+    from benchmarks.families.catalog import family
+    from benchmarks.harness import ALL_STAGES, OUR_TABLE
+
+    upstream, native_table = search_tables()
+    tables = [upstream] if native_table is None else [upstream, native_table]
+    feasible, short, worst = 0, 0, 1.0
+    for landscape in family(family_name).draw(count):
+        ours = landscape.optimum(OUR_TABLE, ALL_STAGES)
+        best = max([ours, *(landscape.optimum(t, ALL_STAGES) for t in tables)])
+        if best <= 0.0:
+            continue
+        feasible += 1
+        worst = min(worst, ours / best)
+        short += ours < 0.99 * best
+    return feasible, short, worst
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Landscapes whose optimum our knob table cannot express (within 1 %)."
+    )
+    parser.add_argument("--families", nargs="+", default=["tuning", "heldout"])
+    parser.add_argument("--landscapes", type=int, default=30)
+    args = parser.parse_args()
+    for name in args.families:
+        feasible, short, worst = table_gaps(name, args.landscapes)
+        print(f"{name}: {short} of {feasible} landscapes below 99 % (worst {worst:.3f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,9 +15,12 @@ import numpy as np
 Knobs = Mapping[str, Sequence[Any]]
 
 _BUCKETS = (50_000_000, 200_000_000, 500_000_000, 1_000_000_000)
+# A small reduce bucket fills early in backward, so with overlap_comm its reduction hides
+# behind the rest of backward, and it costs little memory; upstream's grid reaches 1e6.
+_REDUCE_BUCKETS = (10_000_000, *_BUCKETS)
 
 _STAGE_1: dict[str, tuple[Any, ...]] = {
-    "reduce_bucket_size": _BUCKETS,
+    "reduce_bucket_size": _REDUCE_BUCKETS,
     "allgather_bucket_size": _BUCKETS,
 }
 _STAGE_2: dict[str, tuple[Any, ...]] = {
@@ -27,10 +30,11 @@ _STAGE_2: dict[str, tuple[Any, ...]] = {
     "contiguous_gradients": (True, False),
 }
 _STAGE_3: dict[str, tuple[Any, ...]] = {
-    "reduce_bucket_size": _BUCKETS,
+    "reduce_bucket_size": _REDUCE_BUCKETS,
     "overlap_comm": (True, False),
     "contiguous_gradients": (True, False),
-    "stage3_prefetch_bucket_size": (10_000_000, 50_000_000, 200_000_000),
+    # 5e8 is the prefetch bucket of DeepSpeed's own autotuner's stage-3 template.
+    "stage3_prefetch_bucket_size": (10_000_000, 50_000_000, 200_000_000, 500_000_000),
     "stage3_param_persistence_threshold": (10_000, 100_000, 1_000_000),
     "stage3_max_live_parameters": (100_000_000, 1_000_000_000),
     "stage3_max_reuse_distance": (100_000_000, 1_000_000_000),
@@ -99,6 +103,16 @@ def offload_of(zero: Mapping[str, Any]) -> tuple[bool, bool]:
 
     return on("offload_optimizer"), on("offload_param")
 
+
+NUMERIC_DEFAULTS: dict[str, float] = {
+    "reduce_bucket_size": 500_000_000.0,
+    "allgather_bucket_size": 500_000_000.0,
+    "stage3_prefetch_bucket_size": 50_000_000.0,
+    "stage3_param_persistence_threshold": 100_000.0,
+    "stage3_max_live_parameters": 1_000_000_000.0,
+    "stage3_max_reuse_distance": 1_000_000_000.0,
+}
+"""DeepSpeed 0.19.8's defaults (``DeepSpeedZeroConfig()``) of the numeric knobs we search."""
 
 BUCKET_DEFAULTS: dict[str, float] = {
     "reduce_bucket_size": 500_000_000.0,

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from determined_dsat.space.config_space import ConfigSpace
-from determined_dsat.space.knobs import bucket_elements, offload_of
+from determined_dsat.space.knobs import NUMERIC_DEFAULTS, bucket_elements, offload_of
 from determined_dsat.space.memory import MemoryModel, Offload
 
 Array = NDArray[np.float64]
@@ -63,7 +63,8 @@ def fill_mbs_features(table: BlockTable, rows: Array, mbs: Array, memory_fractio
 class KnobFeature:
     """How one knob enters the throughput model.
 
-    ``kind`` is ``"log"`` (numeric: centred log10 value and its square, so the effect can
+    ``kind`` is ``"log"`` (numeric: log10 value centred on DeepSpeed's default, and its
+    square, so the effect can
     peak inside the range), ``"bool"`` (+-1/2) or ``"flag"`` (1 when the value is set,
     e.g. an offload block). ``columns`` are the feature columns it owns.
     """
@@ -91,8 +92,14 @@ def _knob_feature(name: str, values: Sequence[Any], first_column: int) -> KnobFe
         return KnobFeature(name, "bool", columns=(first_column,))
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         logs = [math.log10(max(float(v), 1.0)) for v in values]
-        center = (max(logs) + min(logs)) / 2.0
-        scale = max((max(logs) - min(logs)) / 2.0, 1e-6)
+        low, high = min(logs), max(logs)
+        # Centred on DeepSpeed's default: the prior expects the least change, with the
+        # least uncertainty, there, so untried values are weighed against the setting
+        # most models train with, not against the middle of whatever grid was given.
+        default = NUMERIC_DEFAULTS.get(name)
+        center = (low + high) / 2.0 if default is None else math.log10(default)
+        center = min(max(center, low), high)
+        scale = max(high - center, center - low, 1e-6)
         return KnobFeature(name, "log", center, scale, (first_column, first_column + 1))
     return KnobFeature(name, "flag", columns=(first_column,))
 
