@@ -216,17 +216,19 @@ def spread_first_probe(
     bounds: SearchBounds,
     space: ConfigSpace,
 ) -> int:
-    """A new lineage's first micro-batch, lowered by :data:`WAVE_STEP` for each lineage of
-    its stage whose first trial is still out, while nothing at the stage has finished."""
+    """A new lineage's first micro-batch, moved by powers of :data:`WAVE_STEP` (see
+    :func:`_spread`) for each lineage of its stage whose first trial is still out, while
+    nothing at the stage has finished."""
     if view.memory_evidence(stage) != (None, None):
         return mbs
     return _spread(mbs, _pending_first_probes(book, view, stage, lineage_id), bounds, space)
 
 
 WAVE_STEP = 0.7
-"""Each further new lineage of a stage started before anything at that stage finished
-probes this fraction of the previous one's micro-batch: a wave of trials spreads over
-micro-batches below the memory estimate instead of running out of memory together."""
+"""New lineages of a stage started before anything at that stage finished probe the
+first one's micro-batch times 0.7, 1/0.7, 0.49, 1/0.49, ... (within their range): a
+wave of trials spreads around the middle of the range instead of running out of memory
+together, or crowding at micro-batches too small to be fast."""
 
 
 def _pending_first_probes(book: LineageBook, view: TrackerView, stage: int, new_id: str) -> int:
@@ -246,9 +248,15 @@ def _pending_first_probes(book: LineageBook, view: TrackerView, stage: int, new_
 
 
 def _spread(mbs: int, rank: int, bounds: SearchBounds, space: ConfigSpace) -> int:
+    """The ``rank``-th further probe of a wave: alternately below and above the first
+    (x0.7, /0.7, x0.49, /0.49, ...), within the lineage's bounds. The first probe sits at
+    the middle of the range, so half the wave probes nearer the estimated limit, where
+    throughput is higher, and half further below it, where it surely fits."""
     if rank == 0:
         return mbs
-    target = space.grid.snap_down(max(1, int(mbs * WAVE_STEP**rank)))
+    steps = (rank + 1) // 2
+    factor = WAVE_STEP**steps if rank % 2 else WAVE_STEP**-steps
+    target = space.grid.snap_down(max(1, min(int(mbs * factor), bounds.hi)))
     return mbs if target is None or target < bounds.lo else target
 
 

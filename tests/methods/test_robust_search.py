@@ -76,6 +76,18 @@ def test_a_wave_of_new_lineages_spreads_its_first_probes(method: str) -> None:
     assert ooms < len(first_wave)  # the spread puts some below the limit
 
 
+@pytest.mark.parametrize("method", ["binary", "asha"])
+def test_a_wave_spreads_above_and_below_its_first_probe(method: str) -> None:
+    """The first probe is the middle of the range; the rest of the wave goes both ways,
+    not only down to micro-batches too small to be fast."""
+    landscape = Peaked(limit=400, peak=400)
+    run = run_search(method, landscape, make_space(1, (2,)), max_trials=20, max_concurrent_trials=8)
+    records = sorted(run.method.tracker.records(), key=lambda r: r.spec.seq)
+    probes = [r.spec.mbs for r in records if r.spec.kind is TrialKind.SEARCH][:6]
+    assert min(probes[1:]) < probes[0] < max(probes[1:]), probes
+    assert len(set(probes)) >= 5, probes
+
+
 def test_remeasurement_changes_a_lucky_pick() -> None:
     """Two micro-batches whose true throughputs differ by 3 %, measured with 3 % noise:
     the seed makes the worse one's single measurement the highest; the confirmation rounds
