@@ -68,16 +68,15 @@ def compare_tables(infos: Iterable[LandscapeInfo]) -> TableComparison:
 def table_gaps(family_name: str, count: int) -> tuple[int, int, float]:
     """(feasible landscapes, landscapes where our table's optimum is below 99 % of the best
     over ours, upstream's and DeepSpeed's tables, the smallest such ratio)."""
-    from benchmarks.efficiency import search_tables
+    from benchmarks.efficiency import SpaceOptima, search_tables
     from benchmarks.families.catalog import family
-    from benchmarks.harness import ALL_STAGES, OUR_TABLE
 
     upstream, native_table = search_tables()
-    tables = [upstream] if native_table is None else [upstream, native_table]
     feasible, short, worst = 0, 0, 1.0
     for landscape in family(family_name).draw(count):
-        ours = landscape.optimum(OUR_TABLE, ALL_STAGES)
-        best = max([ours, *(landscape.optimum(t, ALL_STAGES) for t in tables)])
+        optima = SpaceOptima.of(landscape, upstream, native_table)
+        ours = optima.ours
+        best = max(ours, optima.upstream, optima.native)
         if best <= 0.0:
             continue
         feasible += 1

@@ -115,8 +115,7 @@ NUMERIC_DEFAULTS: dict[str, float] = {
 """DeepSpeed 0.19.8's defaults (``DeepSpeedZeroConfig()``) of the numeric knobs we search."""
 
 BUCKET_DEFAULTS: dict[str, float] = {
-    "reduce_bucket_size": 500_000_000.0,
-    "stage3_prefetch_bucket_size": 50_000_000.0,
+    key: NUMERIC_DEFAULTS[key] for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size")
 }
 """DeepSpeed 0.19.8's defaults (elements) for the buckets that stay allocated during a step."""
 

@@ -64,9 +64,9 @@ class KnobFeature:
     """How one knob enters the throughput model.
 
     ``kind`` is ``"log"`` (numeric: log10 value centred on DeepSpeed's default, and its
-    square, so the effect can
-    peak inside the range), ``"bool"`` (+-1/2) or ``"flag"`` (1 when the value is set,
-    e.g. an offload block). ``columns`` are the feature columns it owns.
+    square, so the effect can peak inside the range), ``"bool"`` (+-1/2) or ``"flag"``
+    (1 when the value is set, e.g. an offload block). ``columns`` are the feature columns
+    it owns.
     """
 
     name: str
