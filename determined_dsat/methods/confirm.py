@@ -6,7 +6,10 @@ overstated its winner's throughput by 26 %. So the top ``k`` distinct configurat
 run again, and the winner is the one with the best median over all its measurements,
 a failed re-run counting as the worst possible result. While the two leaders' medians
 are within the measured noise of each other, both run again (budget and time allowing,
-at most :data:`MAX_EXTRA_ROUNDS` more times).
+at most :data:`MAX_EXTRA_ROUNDS` more times), but only while another round is worth its
+trials: its expected gain (:func:`remeasure_value`) per trial must reach the same
+``--min-improvement`` that ends the search. Choosing between two configurations whose
+true speeds differ by less than that is not worth a trial.
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ DEFAULT_NOISE = 0.025
 """Relative sd of one measurement before repeated ones say otherwise (DeepSpeed's profile
 of a few steps: 2-3 %)."""
 MAX_EXTRA_ROUNDS = 3
+REMEASURE_MIN_GAIN = 0.005
+"""Expected gain per trial an extra round must reach, for methods without
+``--min-improvement`` (``model``'s default: below the noise of one measurement)."""
 
 
 def measurement_noise(view: TrackerView, targets: list[str]) -> float:
@@ -107,9 +113,18 @@ def measurement_noise(view: TrackerView, targets: list[str]) -> float:
     return max(math.sqrt(squares / count), 0.005)
 
 
-def undecided(view: TrackerView, targets: list[str]) -> list[str]:
-    """The two leading targets when their medians are within the noise of each other (so
-    another measurement of each could change the winner); empty when the lead is clear."""
+@attrs.frozen
+class Leaders:
+    """The two leading targets: the log ratio of their medians and their run counts."""
+
+    first: str
+    second: str
+    log_gap: float
+    runs: tuple[int, int]
+
+
+def leaders(view: TrackerView, targets: list[str]) -> Leaders | None:
+    """The two targets with the best medians (None with fewer than two measured)."""
     ranked = []
     for request_id in targets:
         runs = [view[request_id], *view.confirmations_of(request_id)]
@@ -117,13 +132,50 @@ def undecided(view: TrackerView, targets: list[str]) -> list[str]:
         if scores:
             ranked.append((statistics.median(scores), len(scores), request_id))
     if len(ranked) < 2:
-        return []
+        return None
     ranked.sort(reverse=True)
     (first, n1, a), (second, n2, b) = ranked[0], ranked[1]
+    return Leaders(a, b, math.log(first / second), (n1, n2))
+
+
+def undecided(view: TrackerView, targets: list[str]) -> list[str]:
+    """The two leading targets when their medians are within the noise of each other (so
+    another measurement of each could change the winner); empty when the lead is clear."""
+    lead = leaders(view, targets)
+    if lead is None:
+        return []
+    n1, n2 = lead.runs
     noise = measurement_noise(view, targets)
     # Two medians of n noisy measurements differ by ~noise * sqrt(1/n1 + 1/n2) by chance.
-    within = math.log(first / second) < 2.0 * noise * math.sqrt(1.0 / n1 + 1.0 / n2)
-    return [a, b] if within else []
+    within = lead.log_gap < 2.0 * noise * math.sqrt(1.0 / n1 + 1.0 / n2)
+    return [lead.first, lead.second] if within else []
+
+
+def remeasure_value(view: TrackerView, targets: list[str]) -> float:
+    """The expected gain, as a fraction of the metric, from measuring the two leaders once
+    more each and then picking the better median (0 with fewer than two leaders).
+
+    Today's pick is the first. After one more run of each, the estimate of the log gap
+    second - first moves to N(-gap, s^2), where s^2 is how much its variance shrinks:
+    noise^2 * ((1/n1 + 1/n2) - (1/(n1+1) + 1/(n2+1))). The pick changes when the new
+    estimate is positive, gaining it: E[max(0, N(-gap, s^2))] (a value of information)."""
+    lead = leaders(view, targets)
+    if lead is None:
+        return 0.0
+    n1, n2 = lead.runs
+    noise = measurement_noise(view, targets)
+    shrink = (1.0 / n1 + 1.0 / n2) - (1.0 / (n1 + 1) + 1.0 / (n2 + 1))
+    return expected_positive_part(-lead.log_gap, noise * math.sqrt(shrink))
+
+
+def expected_positive_part(mean: float, sd: float) -> float:
+    """E[max(0, X)] for X ~ N(mean, sd^2)."""
+    if sd <= 0.0:
+        return max(0.0, mean)
+    z = mean / sd
+    density = math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    below = 0.5 * math.erfc(-z / math.sqrt(2.0))
+    return sd * density + mean * below
 
 
 def _positive_score(view: TrackerView, record: TrialRecord) -> float | None:

@@ -20,7 +20,7 @@ import attrs
 import numpy as np
 
 from determined_dsat.methods.base import SearchPolicy
-from determined_dsat.methods.confirm import confirmation_budget
+from determined_dsat.methods.confirm import REMEASURE_MIN_GAIN, confirmation_budget
 from determined_dsat.methods.phases import (
     PolicySearch,
     RequestIds,
@@ -73,7 +73,9 @@ class SearchDriver:
 
     def _build_phases(self, baseline: bool, k: int) -> None:
         search = PolicySearch(self.policy, self.space, self.tracker, self.rng, self.ids)
-        self.confirmation = WithConfirmation(search, self.tracker, self.ids, k)
+        # A method that stops for too small a gain re-measures by the same rule.
+        min_gain = getattr(self.policy.options, "min_improvement", REMEASURE_MIN_GAIN)
+        self.confirmation = WithConfirmation(search, self.tracker, self.ids, k, float(min_gain))
         self.root = WithBaseline(self.confirmation, self.space, self.tracker, self.ids, baseline)
 
     # ----- ask / tell -----

@@ -25,7 +25,13 @@ import attrs
 import numpy as np
 
 from determined_dsat.methods.base import Proposal, SearchPolicy
-from determined_dsat.methods.confirm import MAX_EXTRA_ROUNDS, confirm, top_configs, undecided
+from determined_dsat.methods.confirm import (
+    MAX_EXTRA_ROUNDS,
+    confirm,
+    remeasure_value,
+    top_configs,
+    undecided,
+)
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import TrialKind, TrialRecord, TrialSpec
 from determined_dsat.trials.specs import baseline_spec
@@ -164,13 +170,18 @@ class _ConfirmState:
 
 class WithConfirmation(Phase):
     """Keeps up to ``k`` trials back for re-measuring the top ``k`` configurations at the
-    end; the winner is the one with the best median (``confirm.py``)."""
+    end; the winner is the one with the best median (``confirm.py``). Extra rounds for
+    two leaders within noise run while their expected gain per trial is at least
+    ``min_gain`` (a fraction of the metric; 0: whenever they are within noise)."""
 
-    def __init__(self, inner: Phase, tracker: Tracker, ids: RequestIds, k: int) -> None:
+    def __init__(
+        self, inner: Phase, tracker: Tracker, ids: RequestIds, k: int, min_gain: float = 0.0
+    ) -> None:
         self.inner = inner
         self.tracker = tracker
         self.ids = ids
         self.k = k
+        self.min_gain = min_gain
         self.state = _ConfirmState()
 
     def end_reason(self) -> str | None:
@@ -211,10 +222,8 @@ class WithConfirmation(Phase):
         while state.queue and len(specs) < room:
             specs.append(self._remeasure(self.tracker[state.queue.pop(0)].spec))
         if not state.queue and not self.tracker.running_of(TrialKind.CONFIRM) and not specs:
-            again = undecided(self.tracker, state.targets)
-            left = self.tracker.limits.max_trials - reserve - self.tracker.num_created
-            affordable = len(again) <= left and not out_of_time(self.tracker, 1)
-            if again and state.rounds < MAX_EXTRA_ROUNDS and affordable:
+            again = self._another_round(reserve)
+            if again:
                 state.rounds += 1
                 state.queue = again
                 return self._confirm(limit, reserve)
@@ -223,6 +232,19 @@ class WithConfirmation(Phase):
                 self.tracker.set_winner(winner.record.spec.request_id, winner.metrics)
             state.phase = "done"
         return specs
+
+    def _another_round(self, reserve: int) -> list[str]:
+        """The two leaders, when they are within noise and another run of each is worth
+        its trials and fits the budget; else nothing."""
+        again = undecided(self.tracker, self.state.targets)
+        if not again or self.state.rounds >= MAX_EXTRA_ROUNDS:
+            return []
+        left = self.tracker.limits.max_trials - reserve - self.tracker.num_created
+        if len(again) > left or out_of_time(self.tracker, 1):
+            return []
+        if remeasure_value(self.tracker, self.state.targets) / len(again) < self.min_gain:
+            return []
+        return again
 
     def _remeasure(self, original: TrialSpec) -> TrialSpec:
         spec = attrs.evolve(
