@@ -115,8 +115,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     add("--cap", type=int, help="micro-batch cap of the same-cap configuration (32; quick 8)")
     add("--stages", nargs="+", type=int, default=[0, 1, 2, 3], help="ZeRO stages, both tools")
-    add("--start-profile-step", type=int, default=3)
-    add("--end-profile-step", type=int, default=5)
+    add("--start-profile-step", type=int, default=3, help="DeepSpeed's (its default: 3)")
+    add("--end-profile-step", type=int, default=5, help="DeepSpeed's (its default: 5)")
+    add(
+        "--ours-profile-steps",
+        choices=("auto", "same"),
+        default="auto",
+        help="auto: our dsat chooses each trial's window (its default); same: it measures "
+        "DeepSpeed's --start/--end-profile-step",
+    )
     add("--repeats", type=int, help="re-measurements per pick, alternating (3)")
     add("--warmup-steps", type=int, help="untimed steps per re-measurement (3; quick 1)")
     add("--timed-steps", type=int, help="timed steps per re-measurement (10; quick 3)")
@@ -170,6 +177,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         stages=tuple(args.stages),
         start_profile_step=args.start_profile_step,
         end_profile_step=args.end_profile_step,
+        ours_same_profile_steps=args.ours_profile_steps == "same",
         memory_limit_mib=args.memory_limit_mib,
         tuner_timeout_s=args.tuner_timeout,
         measure=measure,
@@ -311,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {
         "method": plan.method,
         "zero stages": " ".join(map(str, plan.case.stages)),
-        "profile steps": f"{plan.case.start_profile_step}-{plan.case.end_profile_step}",
+        "profile steps": f"{plan.case.start_profile_step}-{plan.case.end_profile_step}"
+        + ("" if plan.case.ours_same_profile_steps else " (DeepSpeed; ours: chosen per trial)"),
         "same cap": plan.cap,
         "user ds_config mbs": USER_MBS,
         "memory limit per process (MiB)": plan.case.memory_limit_mib or "none",

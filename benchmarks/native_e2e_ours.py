@@ -75,14 +75,15 @@ def dsat_command(
     run_dir: pathlib.Path,
     *,
     stages: Sequence[int],
-    start_profile_step: int,
-    end_profile_step: int,
+    start_profile_step: int | None,
+    end_profile_step: int | None,
     cap: int | None,
     memory_limit_mib: int,
 ) -> list[str]:
     """Our dsat with its defaults except: local backend, one trial at a time, the run
-    directory, the stages and profile steps both tools use, the micro-batch cap (None:
-    ours has none) and the per-process memory cap (0: none) both tools share."""
+    directory, the stages both tools use, the profile steps (None: ours chooses them), the
+    micro-batch cap (None: ours has none) and the per-process memory cap (0: none) both
+    tools share."""
     command = [
         python,
         "-m",
@@ -98,11 +99,11 @@ def dsat_command(
         str(run_dir),
         "--zero-stages",
         *(str(s) for s in stages),
-        "--start-profile-step",
-        str(start_profile_step),
-        "--end-profile-step",
-        str(end_profile_step),
     ]
+    if start_profile_step is not None:
+        command += ["--start-profile-step", str(start_profile_step)]
+    if end_profile_step is not None:
+        command += ["--end-profile-step", str(end_profile_step)]
     if cap is not None:
         command += [MAX_MBS_FLAG, str(cap)]
     if memory_limit_mib > 0:

@@ -56,6 +56,8 @@ class CasePlan:
     measure: MeasureSettings
     script: pathlib.Path
     base_ds_config: Mapping[str, Any]
+    ours_same_profile_steps: bool = False
+    """Whether our dsat measures DeepSpeed's profile steps (else it chooses its own)."""
 
 
 def _reused_or_fresh(folder: pathlib.Path, reuse: bool, say: Say) -> TunerRun | None:
@@ -150,8 +152,8 @@ def run_ours(
         model_dir,
         run_dir,
         stages=plan.stages,
-        start_profile_step=plan.start_profile_step,
-        end_profile_step=plan.end_profile_step,
+        start_profile_step=plan.start_profile_step if plan.ours_same_profile_steps else None,
+        end_profile_step=plan.end_profile_step if plan.ours_same_profile_steps else None,
         cap=cap,
         memory_limit_mib=plan.memory_limit_mib,
     )

@@ -34,6 +34,7 @@ def build_space(settings: SearchSettings, experiment: Experiment) -> ConfigSpace
         grid=grid,
         start_profile_step=settings.start_profile_step,
         end_profile_step=settings.end_profile_step,
+        auto_window=settings.auto_profile_window,
         offload_optimizer=OffloadTarget.OPTIMIZER in settings.offload,
         offload_param=OffloadTarget.PARAM in settings.offload,
         mbs_tolerance=settings.mbs_tolerance,

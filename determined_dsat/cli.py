@@ -14,9 +14,11 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
+from determined_dsat import settings as S
 from determined_dsat.build import build_space
 from determined_dsat.cli_parser import PROG, RUNS_DIR, _check_minimums, build_parser
 from determined_dsat.errors import ConfigError, DsatError
@@ -125,17 +127,22 @@ def _offload(targets: list[str], stages: tuple[int, ...]) -> frozenset[OffloadTa
     return offload
 
 
-def _check_profile_steps(a: argparse.Namespace) -> None:
-    if a.end_profile_step <= a.start_profile_step:
+def _profile_steps(a: argparse.Namespace) -> dict[str, Any]:
+    """The profiling window's settings: chosen per trial unless either flag is given (the
+    other then keeps upstream's default)."""
+    auto = a.start_profile_step is None and a.end_profile_step is None
+    start = S.DEFAULT_START_PROFILE_STEP if a.start_profile_step is None else a.start_profile_step
+    end = S.DEFAULT_END_PROFILE_STEP if a.end_profile_step is None else a.end_profile_step
+    if end <= start:
         raise ConfigError(
-            f"--end-profile-step ({a.end_profile_step}) must be greater than "
-            f"--start-profile-step ({a.start_profile_step})"
+            f"--end-profile-step ({end}) must be greater than --start-profile-step ({start})"
         )
+    return {"start_profile_step": start, "end_profile_step": end, "auto_profile_window": auto}
 
 
 _AS_GIVEN = (
     "max_trials", "max_concurrent_trials", "max_slots", "run_full_experiment", "random_seed",
-    "start_profile_step", "end_profile_step", "max_search_runner_restarts", "train_batch_size",
+    "max_search_runner_restarts", "train_batch_size",
     "divisible_by", "trial_memory_limit", "replay_errors_as_trials",
     "full_experiment_memory_limit", "max_mbs",
 )  # fmt: skip
@@ -161,7 +168,7 @@ def settings_from_args(a: argparse.Namespace) -> tuple[SearchSettings, str]:
         raise ConfigError(f"--metric: {e}") from None
     stages = _zero_stages(a.zero_stages)
     _check_minimums(a)
-    _check_profile_steps(a)
+    profile_steps = _profile_steps(a)
     if not (math.isfinite(a.trial_timeout) and a.trial_timeout > 0):
         raise ConfigError(
             f"--trial-timeout must be a positive number of seconds, got {a.trial_timeout}"
@@ -203,6 +210,7 @@ def settings_from_args(a: argparse.Namespace) -> tuple[SearchSettings, str]:
         mbs_tolerance=_tolerance(a.mbs_tolerance),
         baseline=not a.no_baseline,
         confirm_top=a.confirm_top,
+        **profile_steps,
         **{name: getattr(a, name) for name in _AS_GIVEN},
     )
     return settings, why

@@ -18,6 +18,28 @@ from typing import Any, Protocol
 KnobTables = Mapping[int, Mapping[str, Sequence[Any]]]
 """A search space's ZeRO knobs: stage -> knob -> the values it may take."""
 
+NOISE_REFERENCE_STEPS = 3
+"""Measured steps at which a family's drawn noise applies (DeepSpeed's default 3-5)."""
+
+
+def measured_steps_of(ds_config: Mapping[str, Any]) -> int:
+    """The steps a ds_config's autotuning window measures (DeepSpeed's 3-5 if unset)."""
+    autotuning = ds_config.get("autotuning")
+    start, end = 3, 5
+    if isinstance(autotuning, Mapping):
+        start = int(autotuning.get("start_profile_step", start) or 0)
+        end = int(autotuning.get("end_profile_step", end) or 0)
+    return max(1, end - start + 1)
+
+
+def window_noise_factor(measured_steps: int) -> float:
+    """How a measurement's noise scales with the steps it averages: half of its variance
+    at :data:`NOISE_REFERENCE_STEPS` is step-to-step jitter (averaged away by more steps),
+    half is the run's own (where the process landed), which no window removes."""
+    half = 0.5 / NOISE_REFERENCE_STEPS
+    return float(((half + 0.5 / measured_steps) / (2 * half)) ** 0.5)
+
+
 PROFILE_KEYS = ("num_params", "trainable_num_params", "activation_mem_per_gpu", "gpu_mem")
 """What a profiling trial reports (DeepSpeed's model-info profile; bytes and counts)."""
 

@@ -27,7 +27,13 @@ from typing import Any
 import attrs
 import numpy as np
 
-from benchmarks.families.api import BenchmarkLandscape, Family, KnobTables
+from benchmarks.families.api import (
+    BenchmarkLandscape,
+    Family,
+    KnobTables,
+    measured_steps_of,
+    window_noise_factor,
+)
 from benchmarks.families.heldout_cluster import GIB, Cluster, Quirks, draw_cluster, draw_quirks
 from benchmarks.families.heldout_memory import MemoryBreakdown, memory_breakdown
 from benchmarks.families.heldout_models import ModelSpec, draw_model
@@ -236,14 +242,15 @@ class HeldoutLandscape:
             self._startup_s(trial.zero) + self.quirks.warmup_s + 0.5 * float(first[0]) + TEARDOWN_S
         )
 
-    def _noise(self, rng: np.random.Generator) -> float:
+    def _noise(self, rng: np.random.Generator, measured_steps: int) -> float:
         dof = self.quirks.noise_dof
         z = (
             rng.standard_normal()
             if np.isinf(dof)
             else rng.standard_t(dof) * np.sqrt((dof - 2) / dof)
         )
-        return float(np.clip(1.0 + self.noise_sd * z, 0.5, 1.5))
+        sd = self.noise_sd * window_noise_factor(measured_steps)
+        return float(np.clip(1.0 + sd * z, 0.5, 1.5))
 
     def measure(self, ds_config: Mapping[str, Any], trial_seed: int) -> dict[str, float]:
         """One noisy measurement (samples/s, FLOP/s per GPU, s per step, trial seconds);
@@ -255,7 +262,7 @@ class HeldoutLandscape:
                 f"{self.key}: {peak / GIB:.1f} GiB needed, {self.gpu_memory / GIB:.1f} GiB per GPU"
             )
         rng = np.random.default_rng([self.seed, trial_seed % (1 << 63)])
-        step = self._step(trial) / self._noise(rng)
+        step = self._step(trial) / self._noise(rng, measured_steps_of(ds_config))
         samples = trial.mbs * trial.gas * self.slots
         flops = (self.model.fwd_flops + self.model.bwd_flops) * trial.mbs * trial.gas
         fixed = self._startup_s(trial.zero) + self.quirks.warmup_s + TEARDOWN_S

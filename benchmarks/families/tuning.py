@@ -23,7 +23,13 @@ from typing import Any
 import attrs
 import numpy as np
 
-from benchmarks.families.api import BenchmarkLandscape, Family, KnobTables
+from benchmarks.families.api import (
+    BenchmarkLandscape,
+    Family,
+    KnobTables,
+    measured_steps_of,
+    window_noise_factor,
+)
 from benchmarks.families.tuning_config import RELEVANT_KNOBS, TrialSetup, trial_setup, zero_setup
 from benchmarks.families.tuning_draw import draw_spec
 from benchmarks.families.tuning_memory import MemoryUse, memory_use
@@ -187,7 +193,8 @@ class TuningLandscape:
         if not result.fits:
             raise MemoryError(f"{self.key}: config does not fit in {self.capacity_bytes} bytes")
         rng = np.random.default_rng([self.spec.seed, trial_seed & (2**64 - 1)])
-        factor = max(0.05, 1.0 + self.spec.behaviour.noise * float(rng.standard_normal()))
+        noise = self.spec.behaviour.noise * window_noise_factor(measured_steps_of(ds_config))
+        factor = max(0.05, 1.0 + noise * float(rng.standard_normal()))
         latency = result.step_s / factor
         setup = result.setup
         tokens = setup.mbs * setup.gas * self.spec.model.seq

@@ -48,6 +48,7 @@ from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, 
 from determined_dsat.methods.surrogate.fit import Fitted, candidate_rows, fit_all
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.memory import MemoryModel
+from determined_dsat.space.window import auto_steps_run
 from determined_dsat.trials.records import TrialKind, TrialRecord
 from determined_dsat.trials.view import TrackerView
 
@@ -214,7 +215,7 @@ class ModelPolicy(SearchPolicy):
         width = self.space.precision.bytes_per_param
         if self._basis is None or self._basis[0] != memory_model:
             self._basis = (memory_model, MemoryBasis.of(self.table, memory_model, width))
-        steps = float(self.space.end_profile_step + 1)
+        steps = float(self.space.fixed_window.steps_run)
         fitted = fit_all(
             view, self.table, self._basis[1], memory_model, width, self._block, steps,
             self.space.grid.slots,
@@ -230,8 +231,15 @@ class ModelPolicy(SearchPolicy):
         proxy = step_proxy(
             scorer.mixture_mean(), samples, fitted.throughput.metric.smaller_is_better
         )
-        seconds = fitted.cost.expected_s(fitted.cost.step_s(proxy), fit)
-        return np.asarray(seconds / fitted.cost.typical_s, dtype=float)
+        cost = fitted.cost
+        step_s = cost.step_s(proxy)
+        if self.space.auto_window:
+            # Each candidate would run its own window (methods/window.py): a long step
+            # gets fewer of them.
+            ratio = auto_steps_run(cost.startup_s, step_s) / self.space.fixed_window.steps_run
+            step_s = np.asarray(step_s * ratio, dtype=float)
+        seconds = cost.expected_s(step_s, fit)
+        return np.asarray(seconds / cost.typical_s, dtype=float)
 
     def _memory_model(self, view: TrackerView) -> MemoryModel:
         assert view.profile is not None

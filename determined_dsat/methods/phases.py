@@ -32,6 +32,7 @@ from determined_dsat.methods.confirm import (
     top_configs,
     undecided,
 )
+from determined_dsat.methods.window import window_for
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import TrialKind, TrialRecord, TrialSpec
 from determined_dsat.trials.specs import baseline_spec
@@ -143,17 +144,19 @@ class PolicySearch(Phase):
             self.policy.observe(self.tracker, record)
 
     def _spec_from(self, proposal: Proposal) -> TrialSpec:
+        gas = self.space.grid.batch_config(proposal.mbs).gradient_accumulation_steps
         spec = TrialSpec(
             request_id=self.ids.new(),
             kind=TrialKind.SEARCH,
             mbs=proposal.mbs,
-            gas=self.space.grid.batch_config(proposal.mbs).gradient_accumulation_steps,
+            gas=gas,
             zero=dict(proposal.zero),
             lineage_id=proposal.lineage_id,
             parent_id=proposal.parent_id,
             bounds=proposal.bounds,
             rung=proposal.rung,
             seq=self.ids.next_seq,
+            window=window_for(self.tracker, self.space, proposal.mbs, gas),
         )
         self.tracker.add(spec)
         return spec
@@ -351,6 +354,7 @@ class WithBaseline(Phase):
             return []
         request_id = self.ids.new()
         spec = baseline_spec(self.space, request_id, self.ids.next_seq)
+        spec = attrs.evolve(spec, window=window_for(self.tracker, self.space, spec.mbs, spec.gas))
         self.tracker.add(spec)
         self.created = True
         return [spec]

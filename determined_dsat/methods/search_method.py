@@ -151,7 +151,7 @@ class DSATSearchMethod(searcher.SearchMethod):
         if self.shutdown_sent:
             return []
         if self.driver.ending is None:
-            ops = self._launch(self.driver.ask(), trial_length(self.driver.space.end_profile_step))
+            ops = self._launch(self.driver.ask(), trial_length(self.driver.space.last_profile_step))
             if ops or self.driver.ending is None:
                 return ops
         idle = self.tracker.num_running == 0 and not self._open

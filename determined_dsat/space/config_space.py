@@ -26,6 +26,11 @@ from determined_dsat.space.memory import (
     Precision,
 )
 from determined_dsat.space.user_batch import resolve_user_batch
+from determined_dsat.space.window import (
+    AUTO_WARMUP_STEPS,
+    MAX_MEASURED_STEPS,
+    ProfileWindow,
+)
 
 
 @attrs.frozen
@@ -47,6 +52,21 @@ class ConfigSpace:
     mbs_tolerance: float = 0.0
     hf_batch: tuple[int, int] | None = None
     """(micro-batch, gas) a Hugging Face Trainer fills ``"auto"`` batch values with."""
+    auto_window: bool = False
+    """Whether each trial's profiling window is chosen from the step times seen so far
+    (``space/window.py``); otherwise every trial measures ``start..end_profile_step``."""
+
+    @property
+    def fixed_window(self) -> ProfileWindow:
+        """The window of trials that do not choose their own."""
+        return ProfileWindow(self.start_profile_step, self.end_profile_step)
+
+    @property
+    def last_profile_step(self) -> int:
+        """The last step any trial of this space measures (its length must go past it)."""
+        if self.auto_window:
+            return AUTO_WARMUP_STEPS + MAX_MEASURED_STEPS - 1
+        return self.end_profile_step
 
     @property
     def precision(self) -> Precision:
@@ -157,18 +177,25 @@ class ConfigSpace:
         batch = self.grid.batch_config(self.grid.min_mbs).to_overwrites()
         return {**batch, dsc.AUTOTUNING_KEY: dsc.profiling_section()}
 
-    def baseline_overwrites(self, mbs: int, gas: int) -> dict[str, Any]:
-        """Overwrites that measure the user's own batch settings (their ZeRO block stays)."""
+    def baseline_overwrites(
+        self, mbs: int, gas: int, window: ProfileWindow | None = None
+    ) -> dict[str, Any]:
+        """Overwrites that measure the user's own batch settings (their ZeRO block stays);
+        ``window``: the steps measured (None: :attr:`fixed_window`)."""
         own = BatchConfig(mbs * gas * self.grid.slots, mbs, gas)
-        return {**own.to_overwrites(), dsc.AUTOTUNING_KEY: self._autotuning()}
+        return {**own.to_overwrites(), dsc.AUTOTUNING_KEY: self._autotuning(window)}
 
-    def search_overwrites(self, mbs: int, zero: Mapping[str, Any]) -> dict[str, Any]:
+    def search_overwrites(
+        self, mbs: int, zero: Mapping[str, Any], window: ProfileWindow | None = None
+    ) -> dict[str, Any]:
         """Overwrites of a searched configuration: batch, ZeRO block and autotuning."""
         batch = self.grid.batch_config(mbs).to_overwrites()
-        return {**batch, "zero_optimization": dict(zero), dsc.AUTOTUNING_KEY: self._autotuning()}
+        autotuning = self._autotuning(window)
+        return {**batch, "zero_optimization": dict(zero), dsc.AUTOTUNING_KEY: autotuning}
 
-    def _autotuning(self) -> dict[str, Any]:
-        return dsc.autotuning_section(self.start_profile_step, self.end_profile_step)
+    def _autotuning(self, window: ProfileWindow | None) -> dict[str, Any]:
+        steps = self.fixed_window if window is None else window
+        return dsc.autotuning_section(steps.start, steps.end)
 
     def hparams_with(self, overwrites: Mapping[str, Any]) -> dict[str, Any]:
         """A trial's full hyperparameters: the user's, with ``overwrites`` merged in."""

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from determined_dsat.space.batch import SearchBounds
+from determined_dsat.space.window import ProfileWindow
 
 OUTCOME_KEY = "dsat_outcome"
 """The metric a trial reports its own outcome under (e.g. ``"oom"`` from
@@ -61,7 +62,8 @@ class TrialSpec:
 
     ``zero`` is the complete ``zero_optimization`` overwrite, ``stage`` included.
     ``mbs`` is ``train_micro_batch_size_per_gpu`` and ``gas`` is
-    ``gradient_accumulation_steps``.
+    ``gradient_accumulation_steps``. ``window``: the steps the trial measures (None: the
+    space's fixed window).
     """
 
     request_id: str
@@ -74,6 +76,7 @@ class TrialSpec:
     bounds: SearchBounds | None = None
     rung: int = 0
     seq: int = 0
+    window: ProfileWindow | None = None
 
     @property
     def stage(self) -> int:
@@ -91,6 +94,7 @@ class TrialSpec:
             "bounds": None if self.bounds is None else self.bounds.to_json(),
             "rung": self.rung,
             "seq": self.seq,
+            "window": None if self.window is None else self.window.to_json(),
         }
 
     @classmethod
@@ -107,6 +111,7 @@ class TrialSpec:
             bounds=None if bounds is None else SearchBounds.from_json(bounds),
             rung=int(d.get("rung", 0)),
             seq=int(d.get("seq", 0)),
+            window=None if d.get("window") is None else ProfileWindow.from_json(d["window"]),
         )
 
 

@@ -41,8 +41,8 @@ def overwrites_of(space: ConfigSpace, spec: TrialSpec) -> dict[str, Any]:
     if spec.kind is TrialKind.PROFILE:
         return space.profile_overwrites()
     if spec.kind is TrialKind.BASELINE:
-        return space.baseline_overwrites(spec.mbs, spec.gas)
-    return space.search_overwrites(spec.mbs, spec.zero)
+        return space.baseline_overwrites(spec.mbs, spec.gas, spec.window)
+    return space.search_overwrites(spec.mbs, spec.zero, spec.window)
 
 
 def hparams_of(space: ConfigSpace, spec: TrialSpec) -> dict[str, Any]:

@@ -81,3 +81,16 @@ def test_the_step_proxy_follows_the_metrics_direction() -> None:
     trained = [run(5.0, 4.0, 32.0, 100.0), run(5.0, 4.0, 64.0, 100.0)]
     proxies = [0.5 * r.step_s for r in trained]  # a metric off by a constant factor
     assert CostModel.fit(trained, [], None, 4.0, proxies).scale == pytest.approx(2.0)
+
+
+def test_runs_with_shorter_windows_cost_their_own_steps() -> None:
+    # 10 s of startup; 6 steps at the default window, 3 at half of it.
+    def windowed(samples: float, ratio: float) -> TrainedRun:
+        return TrainedRun(10.0 + 6.0 * ratio * samples / 8.0, samples, 8.0, ratio)
+
+    trained = [windowed(8.0, 1.0), windowed(32.0, 0.5), windowed(64.0, 0.5)]
+    model = CostModel.fit(trained, [], profile_s=None, default_steps=6.0)
+    assert (model.startup_s, model.steps) == pytest.approx((10.0, 6.0))
+    # Ignoring the windows would mistake the short runs' cheapness for a smaller step cost.
+    blind = [TrainedRun(r.duration_s, r.samples_per_step, r.throughput) for r in trained]
+    assert CostModel.fit(blind, [], None, 6.0).steps != pytest.approx(6.0, rel=0.05)

@@ -4,13 +4,15 @@ A trial that trains spends a fixed startup (processes, DeepSpeed's initialisatio
 model build) and then a number of training steps, each of which takes the samples it
 processes (``mbs * gas * slots``) over the throughput::
 
-    duration = startup + steps * mbs * gas * slots / throughput
+    duration = startup + steps * window * mbs * gas * slots / throughput
 
-``startup`` and ``steps`` are fitted by least squares to the trials that trained (their
-measured throughput gives each one's step time); the profiling trial, which runs one
-step at micro-batch 1, gives the startup before any search trial has finished. A trial
-that runs out of memory fails during its first step: it costs the median of the OOM trials
-seen, or the startup before there is one. The search ranks candidates by expected
+(``window``: the steps a trial's profiling window runs over those of the default window;
+1 unless windows are chosen per trial). ``startup`` and ``steps`` are fitted by least
+squares to the trials that trained (their measured throughput gives each one's step
+time); the profiling trial, which runs one step at micro-batch 1, gives the startup
+before any search trial has finished. A trial that runs out of memory fails during its
+first step: it costs the median of the OOM trials seen, or the startup before there is
+one. The search ranks candidates by expected
 improvement per expected second with these costs.
 """
 
@@ -31,15 +33,22 @@ MIN_STARTUP_FRACTION = 0.05
 
 @attrs.frozen
 class TrainedRun:
-    """A trial that trained: its wall seconds, samples per step and throughput (samples/s)."""
+    """A trial that trained: its wall seconds, samples per step and throughput (samples/s);
+    ``window_ratio``: the steps it ran over the default window's."""
 
     duration_s: float
     samples_per_step: float
     throughput: float
+    window_ratio: float = 1.0
 
     @property
     def step_s(self) -> float:
         return self.samples_per_step / self.throughput
+
+    @property
+    def window_step_s(self) -> float:
+        """Its step seconds, scaled to the default window's number of steps."""
+        return self.step_s * self.window_ratio
 
 
 def step_proxy(log_metric: Array, samples: Array, smaller_is_better: bool) -> Array:
@@ -105,8 +114,8 @@ def _fit_trained(
     if not runs:
         return (profile_s if profile_s else 1.0), default_steps
     shortest = min(r.duration_s for r in runs)
-    if len(runs) >= 2 and np.ptp([r.step_s for r in runs]) > 1e-9:
-        x = np.array([[1.0, r.step_s] for r in runs])
+    if len(runs) >= 2 and np.ptp([r.window_step_s for r in runs]) > 1e-9:
+        x = np.array([[1.0, r.window_step_s] for r in runs])
         y = np.array([r.duration_s for r in runs])
         (startup, steps), *_ = np.linalg.lstsq(x, y, rcond=None)
         if startup >= MIN_STARTUP_FRACTION * shortest and steps > 0:
@@ -114,8 +123,8 @@ def _fit_trained(
     # Too little spread to fit both: trust the profile's startup (or the default steps).
     if profile_s is not None and profile_s < shortest:
         startup = profile_s
-        steps = statistics.median((r.duration_s - startup) / r.step_s for r in runs)
+        steps = statistics.median((r.duration_s - startup) / r.window_step_s for r in runs)
         return startup, max(float(steps), 1.0)
     steps = default_steps
-    startup = statistics.median(r.duration_s - steps * r.step_s for r in runs)
+    startup = statistics.median(r.duration_s - steps * r.window_step_s for r in runs)
     return max(float(startup), MIN_STARTUP_FRACTION * shortest), steps

@@ -122,7 +122,7 @@ def fit_all(
     runs, proxies = [], []
     smaller = view.metric.smaller_is_better
     for record, obs in zip(trained, observations):
-        run = _trained_run(record, slots, view.metric)
+        run = _trained_run(record, slots, view.metric, default_steps)
         if run is not None:
             runs.append(run)
             proxies.append(
@@ -150,7 +150,9 @@ def _no_throughput(table: BlockTable, metric: Metric) -> ThroughputSurrogate:
     return ThroughputSurrogate(prior_mean, prior_sd, table.gas_column, [], metric)
 
 
-def _trained_run(record: TrialRecord, slots: int, metric: Metric) -> TrainedRun | None:
+def _trained_run(
+    record: TrialRecord, slots: int, metric: Metric, default_steps: float
+) -> TrainedRun | None:
     result = record.result
     if result is None or result.duration_s is None:
         return None
@@ -162,7 +164,9 @@ def _trained_run(record: TrialRecord, slots: int, metric: Metric) -> TrainedRun 
         throughput = None if latency is None or latency <= 0 else samples / latency
     if throughput is None or throughput <= 0:
         return None
-    return TrainedRun(result.duration_s, samples, throughput)
+    window = spec.window
+    ratio = 1.0 if window is None else window.steps_run / default_steps
+    return TrainedRun(result.duration_s, samples, throughput, ratio)
 
 
 def _profile_seconds(view: TrackerView) -> float | None:
