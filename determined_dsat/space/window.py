@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-import numpy as np
-from numpy.typing import NDArray
 
 AUTO_WARMUP_STEPS = 1
 MIN_MEASURED_STEPS = 2
@@ -78,11 +76,3 @@ def auto_window(startup_s: float | None, step_s: float | None) -> ProfileWindow:
     else:
         steps = measured_steps_for(startup_s, step_s)
     return ProfileWindow(AUTO_WARMUP_STEPS, AUTO_WARMUP_STEPS + steps - 1)
-
-
-def auto_steps_run(startup_s: float, step_s: NDArray[np.float64]) -> NDArray[np.float64]:
-    """:func:`auto_window`'s ``steps_run`` for many step times at once."""
-    safe = np.maximum(np.asarray(step_s, dtype=float), 1e-12)
-    best = np.rint(np.sqrt(1.0 + max(0.0, startup_s) / safe))
-    steps = np.clip(best, MIN_MEASURED_STEPS, MAX_MEASURED_STEPS)
-    return np.asarray(AUTO_WARMUP_STEPS + steps, dtype=float)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,7 +20,6 @@ from determined_dsat.space.window import (
     MIN_MEASURED_STEPS,
     UNTIMED_MEASURED_STEPS,
     ProfileWindow,
-    auto_steps_run,
     auto_window,
     measured_steps_for,
 )
@@ -34,9 +32,9 @@ def test_longer_steps_never_measure_more(startup: float, step: float, longer: fl
     assert MIN_MEASURED_STEPS <= steps <= MAX_MEASURED_STEPS
     assert measured_steps_for(startup, step * longer) <= steps
     assert measured_steps_for(startup * longer, step) >= steps
-    many = auto_steps_run(startup, np.array([step, step * longer]))
-    longer_steps = measured_steps_for(startup, step * longer)
-    assert list(many) == [AUTO_WARMUP_STEPS + steps, AUTO_WARMUP_STEPS + longer_steps]
+    assert auto_window(startup, step) == ProfileWindow(
+        AUTO_WARMUP_STEPS, AUTO_WARMUP_STEPS + steps - 1
+    )
 
 
 def test_the_extremes_of_the_window() -> None:
