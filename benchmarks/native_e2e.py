@@ -119,10 +119,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--end-profile-step", type=int, default=5, help="DeepSpeed's (its default: 5)")
     add(
         "--ours-profile-steps",
-        choices=("auto", "same"),
-        default="auto",
-        help="auto: our dsat chooses each trial's window (its default); same: it measures "
-        "DeepSpeed's --start/--end-profile-step",
+        choices=("same", "auto"),
+        default="same",
+        help="same: our dsat measures DeepSpeed's --start/--end-profile-step (our default "
+        "steps too); auto: it chooses each trial's window (--auto-profile-window)",
     )
     add("--repeats", type=int, help="re-measurements per pick, alternating (3)")
     add("--warmup-steps", type=int, help="untimed steps per re-measurement (3; quick 1)")
@@ -320,7 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "method": plan.method,
         "zero stages": " ".join(map(str, plan.case.stages)),
         "profile steps": f"{plan.case.start_profile_step}-{plan.case.end_profile_step}"
-        + ("" if plan.case.ours_same_profile_steps else " (DeepSpeed; ours: chosen per trial)"),
+        + (
+            "" if plan.case.ours_same_profile_steps else " (DeepSpeed; ours: --auto-profile-window)"
+        ),
         "same cap": plan.cap,
         "user ds_config mbs": USER_MBS,
         "memory limit per process (MiB)": plan.case.memory_limit_mib or "none",

@@ -81,9 +81,9 @@ def dsat_command(
     memory_limit_mib: int,
 ) -> list[str]:
     """Our dsat with its defaults except: local backend, one trial at a time, the run
-    directory, the stages both tools use, the profile steps (None: ours chooses them), the
-    micro-batch cap (None: ours has none) and the per-process memory cap (0: none) both
-    tools share."""
+    directory, the stages both tools use, the profile steps (both None:
+    ``--auto-profile-window``), the micro-batch cap (None: ours has none) and the
+    per-process memory cap (0: none) both tools share."""
     command = [
         python,
         "-m",
@@ -100,6 +100,8 @@ def dsat_command(
         "--zero-stages",
         *(str(s) for s in stages),
     ]
+    if start_profile_step is None and end_profile_step is None:
+        command.append("--auto-profile-window")
     if start_profile_step is not None:
         command += ["--start-profile-step", str(start_profile_step)]
     if end_profile_step is not None:

@@ -56,8 +56,8 @@ class CasePlan:
     measure: MeasureSettings
     script: pathlib.Path
     base_ds_config: Mapping[str, Any]
-    ours_same_profile_steps: bool = False
-    """Whether our dsat measures DeepSpeed's profile steps (else it chooses its own)."""
+    ours_same_profile_steps: bool = True
+    """Whether our dsat measures DeepSpeed's profile steps (else ``--auto-profile-window``)."""
 
 
 def _reused_or_fresh(folder: pathlib.Path, reuse: bool, say: Say) -> TunerRun | None:

@@ -128,9 +128,15 @@ def _offload(targets: list[str], stages: tuple[int, ...]) -> frozenset[OffloadTa
 
 
 def _profile_steps(a: argparse.Namespace) -> dict[str, Any]:
-    """The profiling window's settings: chosen per trial unless either flag is given (the
-    other then keeps upstream's default)."""
-    auto = a.start_profile_step is None and a.end_profile_step is None
+    """The profiling window's settings: upstream's fixed steps, or (``--auto-profile-window``)
+    chosen per trial."""
+    auto = bool(getattr(a, "auto_profile_window", False))
+    given = a.start_profile_step is not None or a.end_profile_step is not None
+    if auto and given:
+        raise ConfigError(
+            "--auto-profile-window chooses each trial's profile steps; it cannot be combined "
+            "with --start-profile-step or --end-profile-step"
+        )
     start = S.DEFAULT_START_PROFILE_STEP if a.start_profile_step is None else a.start_profile_step
     end = S.DEFAULT_END_PROFILE_STEP if a.end_profile_step is None else a.end_profile_step
     if end <= start:

@@ -83,12 +83,14 @@ def _add_space(p: argparse.ArgumentParser) -> None:
         p, "-z --zero-stages", "ZeRO stages (0-3) to search over", type=int, nargs="+",
         default=list(S.DEFAULT_ZERO_STAGES), metavar="STAGE",
     )  # fmt: skip
-    _opt(p, "--start-profile-step", "training step on which trials start profiling (default: "
-         f"each trial's window is chosen from the step times seen; with either flag every "
-         f"trial measures the same steps, {S.DEFAULT_START_PROFILE_STEP} to "
-         f"{S.DEFAULT_END_PROFILE_STEP} unless given)", type=int)  # fmt: skip
-    _opt(p, "--end-profile-step", "training step on which trials stop profiling (see "
-         "--start-profile-step)", type=int)  # fmt: skip
+    _opt(p, "--start-profile-step", "training step on which trials start profiling "
+         f"(default {S.DEFAULT_START_PROFILE_STEP})", type=int)  # fmt: skip
+    _opt(p, "--end-profile-step", "training step on which trials stop profiling "
+         f"(default {S.DEFAULT_END_PROFILE_STEP})", type=int)  # fmt: skip
+    _opt(p, "--auto-profile-window", "choose each trial's profile steps from the step times "
+         "seen: 1 warm-up step, then 2-5 measured, fewer when steps are long against the "
+         "startup (cheaper trials, a little more noise; docs/methods.md)",
+         action="store_true")  # fmt: skip
     _opt(
         p, "--train-batch-size", "keep the global batch at N, choosing gradient accumulation "
         "per micro-batch (default: the global batch follows the micro-batch)",

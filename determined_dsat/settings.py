@@ -66,8 +66,8 @@ class SearchSettings:
     start_profile_step: int = DEFAULT_START_PROFILE_STEP
     end_profile_step: int = DEFAULT_END_PROFILE_STEP
     auto_profile_window: bool = False
-    """Choose each trial's profiling window (``space/window.py``; the CLI's default when
-    neither profile-step flag is given) instead of ``start..end_profile_step``."""
+    """Choose each trial's profiling window (``space/window.py``; ``--auto-profile-window``)
+    instead of ``start..end_profile_step``."""
     random_seed: int = DEFAULT_RANDOM_SEED
     search_runner_config: pathlib.Path | None = None
     max_search_runner_restarts: int = DEFAULT_MAX_SEARCH_RUNNER_RESTARTS

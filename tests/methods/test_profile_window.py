@@ -62,14 +62,17 @@ def settings_of(tmp_path: Any, *flags: str) -> Any:
     return parse_settings(["binary", str(config), str(tmp_path / "model"), *flags])
 
 
-def test_the_cli_chooses_windows_unless_a_profile_step_is_given(tmp_path: Any) -> None:
-    auto = settings_of(tmp_path)
-    assert auto.auto_profile_window
-    fixed = settings_of(tmp_path, "--end-profile-step", "9")
+def test_the_cli_chooses_windows_only_when_asked(tmp_path: Any) -> None:
+    fixed = settings_of(tmp_path)
     assert not fixed.auto_profile_window
-    assert (fixed.start_profile_step, fixed.end_profile_step) == (3, 9)
+    assert (fixed.start_profile_step, fixed.end_profile_step) == (3, 5)
+    assert settings_of(tmp_path, "--auto-profile-window").auto_profile_window
+    given = settings_of(tmp_path, "--end-profile-step", "9")
+    assert (given.start_profile_step, given.end_profile_step) == (3, 9)
     with pytest.raises(ConfigError, match="--end-profile-step"):
         settings_of(tmp_path, "--start-profile-step", "6")
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        settings_of(tmp_path, "--auto-profile-window", "--start-profile-step", "2")
 
 
 STARTUP_S = 7.0
