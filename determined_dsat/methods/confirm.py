@@ -33,11 +33,14 @@ def confirmation_budget(max_trials: int, requested: int, baseline: bool) -> int:
     return max(0, min(requested, left // 4))
 
 
-def top_configs(view: TrackerView, k: int) -> list[TrialRecord]:
-    """The ``k`` best successful search trials, best first (configs never repeat)."""
+def top_configs(view: TrackerView, k: int, with_baseline: bool = False) -> list[TrialRecord]:
+    """The ``k`` best successful search trials, best first (configs never repeat), and
+    the baseline among them when ``with_baseline`` (it may be the pick, so one lucky
+    measurement of it must not beat re-measured medians)."""
+    kinds = {TrialKind.SEARCH, TrialKind.BASELINE} if with_baseline else {TrialKind.SEARCH}
     scored = []
     for record in view.records():
-        if record.spec.kind is not TrialKind.SEARCH:
+        if record.spec.kind not in kinds:
             continue
         score = view.score(record)
         if score is not None:

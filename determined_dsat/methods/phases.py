@@ -217,7 +217,9 @@ class WithConfirmation(Phase):
             # No more re-measurements than the budget has left (the reservation shrinks
             # while few configurations have trained).
             left = self.tracker.limits.max_trials - reserve - self.tracker.num_created
-            chosen = top_configs(self.tracker, max(0, min(self.k, left)))
+            chosen = top_configs(
+                self.tracker, max(0, min(self.k, left)), self.tracker.baseline_may_win
+            )
             state.targets = [r.spec.request_id for r in chosen]
             state.queue = list(state.targets)
         specs: list[TrialSpec] = []

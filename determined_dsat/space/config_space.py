@@ -193,6 +193,14 @@ class ConfigSpace:
         autotuning = self._autotuning(window)
         return {**batch, "zero_optimization": dict(zero), dsc.AUTOTUNING_KEY: autotuning}
 
+    def remeasure_overwrites(
+        self, mbs: int, gas: int, zero: Mapping[str, Any], window: ProfileWindow | None = None
+    ) -> dict[str, Any]:
+        """Overwrites of a re-measurement: the original's exact batch and ZeRO block."""
+        batch = BatchConfig(mbs * gas * self.grid.slots, mbs, gas).to_overwrites()
+        autotuning = self._autotuning(window)
+        return {**batch, "zero_optimization": dict(zero), dsc.AUTOTUNING_KEY: autotuning}
+
     def _autotuning(self, window: ProfileWindow | None) -> dict[str, Any]:
         steps = self.fixed_window if window is None else window
         return dsc.autotuning_section(steps.start, steps.end)

@@ -42,6 +42,9 @@ def overwrites_of(space: ConfigSpace, spec: TrialSpec) -> dict[str, Any]:
         return space.profile_overwrites()
     if spec.kind is TrialKind.BASELINE:
         return space.baseline_overwrites(spec.mbs, spec.gas, spec.window)
+    if spec.kind is TrialKind.CONFIRM:
+        # The exact batch of the original: a re-measured baseline keeps the user's own.
+        return space.remeasure_overwrites(spec.mbs, spec.gas, spec.zero, spec.window)
     return space.search_overwrites(spec.mbs, spec.zero, spec.window)
 
 

@@ -7,6 +7,7 @@ search's per-event cost stays flat as trials accumulate.
 from __future__ import annotations
 
 import bisect
+import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -206,12 +207,21 @@ class Tracker:
         best, baseline = self.best(), self.baseline_record
         if not self.baseline_may_win:
             return best
-        base_score = None if baseline is None else self.score(baseline)
+        base_score = None if baseline is None else self._median_score(baseline)
         if base_score is None:
             return best
         best_metrics = self.best_metrics()
         best_score = None if best_metrics is None else self.metric.score_of(best_metrics)
         return baseline if best_score is None or base_score > best_score else best
+
+    def _median_score(self, record: TrialRecord) -> float | None:
+        """The median score of a trial and its re-measurements (a failed run scores
+        worst); None when the trial itself did not train."""
+        if self.score(record) is None:
+            return None
+        runs = [record, *self.confirmations_of(record.spec.request_id)]
+        scores = [self.score(r) for r in runs if r.finished]
+        return statistics.median(float("-inf") if v is None else v for v in scores)
 
     def recommended_metrics(self) -> dict[str, Any] | None:
         """The metrics to report for :meth:`recommended`."""

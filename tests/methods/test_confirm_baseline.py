@@ -166,3 +166,40 @@ def test_a_lucky_one_shot_winner_loses_to_a_consistent_config() -> None:
     metrics = tracker.best_metrics()
     assert metrics is not None and metrics["dsat_measurements"] == 2
     assert metrics["throughput"] == first[winner.spec.request_id]  # stable: median = value
+
+
+def test_a_lucky_baseline_is_remeasured_before_it_can_win() -> None:
+    """The user's own config measures 1000 once and 500 on every re-run; searched configs
+    are stable below 900. Compared on one draw the baseline would be the pick; it is
+    re-measured with the leaders (at its own batch), and a searched config wins."""
+    import json
+
+    sent: list[dict[str, Any]] = []
+    baseline_key: list[str] = []
+
+    def source(ds_config: dict[str, Any]) -> Mapping[str, Any]:
+        if is_profiling_config(ds_config):
+            return {"num_params": 10**6, "trainable_num_params": 10**6,
+                    "activation_mem_per_gpu": 10**6, "gpu_mem": 10**8}  # fmt: skip
+        key = json.dumps({k: v for k, v in ds_config.items() if k != "autotuning"}, sort_keys=True)
+        mine = ds_config["train_micro_batch_size_per_gpu"] == 3 and (
+            ds_config["gradient_accumulation_steps"] == 2
+        )
+        if mine:
+            sent.append(ds_config)
+            first = not baseline_key
+            baseline_key.append(key)
+            return {"throughput": 1000.0 if first else 500.0}
+        return {"throughput": 600.0 + ds_config["train_micro_batch_size_per_gpu"] % 250}
+
+    method = run(source, 1, max_trials=24, baseline=True, confirm_top=3, stages=(1,))
+    tracker = method.tracker
+    baseline = tracker.baseline_record
+    assert baseline is not None and tracker.score(baseline) == 1000.0
+    again = tracker.confirmations_of(baseline.spec.request_id)
+    assert len(again) >= 1 and all(tracker.score(r) == 500.0 for r in again)
+    assert len(set(baseline_key)) == 1  # the re-run measured the user's exact config
+    zero = sent[-1]["zero_optimization"]
+    assert zero["stage"] == 1 and zero["reduce_bucket_size"] == 123456
+    pick = tracker.recommended()
+    assert pick is not None and pick.spec.kind is TrialKind.SEARCH
