@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 
+from determined_dsat.methods.surrogate.fit import metric_number, profile_seconds
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.metric import Metric
 from determined_dsat.space.window import ProfileWindow, auto_window
@@ -23,15 +24,7 @@ def window_for(view: TrackerView, space: ConfigSpace, mbs: int, gas: int) -> Pro
         return None
     per_sample = seconds_per_sample(view)
     step_s = None if per_sample is None else per_sample * mbs * gas * space.grid.slots
-    return auto_window(startup_seconds(view), step_s)
-
-
-def startup_seconds(view: TrackerView) -> float | None:
-    """The profiling trial's wall seconds (None before it finished)."""
-    for record in view.records():
-        if record.spec.kind is TrialKind.PROFILE and record.result is not None:
-            return record.result.duration_s
-    return None
+    return auto_window(profile_seconds(view), step_s)
 
 
 def seconds_per_sample(view: TrackerView) -> float | None:
@@ -41,9 +34,7 @@ def seconds_per_sample(view: TrackerView) -> float | None:
         result = record.result
         if record.spec.kind is TrialKind.PROFILE or result is None:
             continue
-        throughput = result.metrics.get(Metric.THROUGHPUT.value)
-        if isinstance(throughput, bool) or not isinstance(throughput, (int, float)):
-            continue
-        if result.outcome is Outcome.OK and throughput > 0:
-            values.append(1.0 / float(throughput))
+        throughput = metric_number(result.metrics.get(Metric.THROUGHPUT.value))
+        if result.outcome is Outcome.OK and throughput is not None and throughput > 0:
+            values.append(1.0 / throughput)
     return statistics.median(values) if values else None

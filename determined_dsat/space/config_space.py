@@ -189,17 +189,21 @@ class ConfigSpace:
         self, mbs: int, zero: Mapping[str, Any], window: ProfileWindow | None = None
     ) -> dict[str, Any]:
         """Overwrites of a searched configuration: batch, ZeRO block and autotuning."""
-        batch = self.grid.batch_config(mbs).to_overwrites()
-        autotuning = self._autotuning(window)
-        return {**batch, "zero_optimization": dict(zero), dsc.AUTOTUNING_KEY: autotuning}
+        return self._trial_overwrites(self.grid.batch_config(mbs), zero, window)
 
     def remeasure_overwrites(
         self, mbs: int, gas: int, zero: Mapping[str, Any], window: ProfileWindow | None = None
     ) -> dict[str, Any]:
         """Overwrites of a re-measurement: the original's exact batch and ZeRO block."""
-        batch = BatchConfig(mbs * gas * self.grid.slots, mbs, gas).to_overwrites()
+        batch = BatchConfig(mbs * gas * self.grid.slots, mbs, gas)
+        return self._trial_overwrites(batch, zero, window)
+
+    def _trial_overwrites(
+        self, batch: BatchConfig, zero: Mapping[str, Any], window: ProfileWindow | None
+    ) -> dict[str, Any]:
         autotuning = self._autotuning(window)
-        return {**batch, "zero_optimization": dict(zero), dsc.AUTOTUNING_KEY: autotuning}
+        overwrites = batch.to_overwrites()
+        return {**overwrites, "zero_optimization": dict(zero), dsc.AUTOTUNING_KEY: autotuning}
 
     def _autotuning(self, window: ProfileWindow | None) -> dict[str, Any]:
         steps = self.fixed_window if window is None else window

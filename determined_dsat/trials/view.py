@@ -24,6 +24,11 @@ class TrackerView(Protocol):
     def profile(self) -> ModelProfile | None: ...
 
     @property
+    def profile_record(self) -> TrialRecord | None:
+        """The profiling trial (None before it was created)."""
+        ...
+
+    @property
     def num_created(self) -> int: ...
 
     @property

@@ -31,6 +31,10 @@ USER_DS_CONFIG = {
     "zero_optimization": {"stage": 1, "reduce_bucket_size": 123456},
 }
 
+TINY_PROFILE = {"num_params": 10**6, "trainable_num_params": 10**6,
+                "activation_mem_per_gpu": 10**6, "gpu_mem": 10**8}  # fmt: skip
+"""What the profiling trial reports for a model far smaller than the device."""
+
 
 def run(
     source: Callable[[dict[str, Any]], Mapping[str, Any]],
@@ -135,8 +139,7 @@ def test_a_lucky_one_shot_winner_loses_to_a_consistent_config() -> None:
 
     def source(ds_config: dict[str, Any]) -> Mapping[str, Any]:
         if is_profiling_config(ds_config):
-            return {"num_params": 10**6, "trainable_num_params": 10**6,
-                    "activation_mem_per_gpu": 10**6, "gpu_mem": 10**8}  # fmt: skip
+            return dict(TINY_PROFILE)
         key = json.dumps({k: v for k, v in ds_config.items() if k != "autotuning"}, sort_keys=True)
         measured[key] = measured.get(key, 0) + 1
         if not lucky:
@@ -179,8 +182,7 @@ def test_a_lucky_baseline_is_remeasured_before_it_can_win() -> None:
 
     def source(ds_config: dict[str, Any]) -> Mapping[str, Any]:
         if is_profiling_config(ds_config):
-            return {"num_params": 10**6, "trainable_num_params": 10**6,
-                    "activation_mem_per_gpu": 10**6, "gpu_mem": 10**8}  # fmt: skip
+            return dict(TINY_PROFILE)
         key = json.dumps({k: v for k, v in ds_config.items() if k != "autotuning"}, sort_keys=True)
         mine = ds_config["train_micro_batch_size_per_gpu"] == 3 and (
             ds_config["gradient_accumulation_steps"] == 2

@@ -128,7 +128,7 @@ def fit_all(
             proxies.append(
                 float(step_proxy(np.array(obs.y), np.array(run.samples_per_step), smaller))
             )
-    cost = CostModel.fit(runs, oom_s, _profile_seconds(view), default_steps, proxies)
+    cost = CostModel.fit(runs, oom_s, profile_seconds(view), default_steps, proxies)
     return attrs.evolve(partial, throughput=throughput, cost=cost)
 
 
@@ -158,9 +158,9 @@ def _trained_run(
         return None
     spec = record.spec
     samples = float(spec.mbs * spec.gas * slots)
-    throughput = _number(result.metrics.get(Metric.THROUGHPUT.value))
+    throughput = metric_number(result.metrics.get(Metric.THROUGHPUT.value))
     if throughput is None:
-        latency = _number(result.metrics.get(Metric.LATENCY.value))
+        latency = metric_number(result.metrics.get(Metric.LATENCY.value))
         throughput = None if latency is None or latency <= 0 else samples / latency
     if throughput is None or throughput <= 0:
         return None
@@ -169,14 +169,14 @@ def _trained_run(
     return TrainedRun(result.duration_s, samples, throughput, ratio)
 
 
-def _profile_seconds(view: TrackerView) -> float | None:
-    profile = next((r for r in view.records() if r.spec.kind is TrialKind.PROFILE), None)
-    if profile is None or profile.result is None:
-        return None
-    return profile.result.duration_s
+def profile_seconds(view: TrackerView) -> float | None:
+    """The profiling trial's wall seconds (None before it finished)."""
+    profile = view.profile_record
+    return None if profile is None or profile.result is None else profile.result.duration_s
 
 
-def _number(value: Any) -> float | None:
+def metric_number(value: Any) -> float | None:
+    """A reported metric as a float; None when it is not a number."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     return float(value) if ok else None
 
