@@ -73,7 +73,7 @@ class ModelPolicy(SearchPolicy):
 
     def __init__(self, space: ConfigSpace, options: ModelOptions) -> None:
         super().__init__(space, options)
-        self.table = BlockTable(space)
+        self.table = BlockTable(space)  # refitted to the model once it is profiled
         self.lineage_of: dict[str, str] = {}
         self.counter = 0
         self._fitted: tuple[int, Fitted] | None = None
@@ -83,7 +83,8 @@ class ModelPolicy(SearchPolicy):
 
     def planned_trials(self) -> str | None:
         return (
-            f"model-based search over {len(self.table)} ZeRO blocks at micro-batches around "
+            f"model-based search over {len(self.table)} ZeRO blocks (fewer once the model's "
+            f"size is known) at micro-batches around "
             f"their predicted memory limits; stops early once no trial is expected to improve "
             f"the best result by {self.options.min_improvement:.2%} (--min-improvement)"
         )
@@ -120,10 +121,24 @@ class ModelPolicy(SearchPolicy):
 
     def _plan(self, view: TrackerView) -> Plan:
         """The plan for the tracker's current state (trials created and finished)."""
+        self._fit_table_to(view)
         key = (view.num_created, view.num_finished)
         if self._plan_of is None or self._plan_of[0] != key:
             self._plan_of = (key, self._make_plan(view))
         return self._plan_of[1]
+
+    def _fit_table_to(self, view: TrackerView) -> None:
+        """Once the profile is known, search only the blocks that differ for this model:
+        buckets and ZeRO-3 limits beyond its size behave alike (``knobs.fit_to_model``),
+        and the larger ones only cost memory."""
+        num_params = None if view.profile is None else view.profile.num_params
+        if num_params == self.table.num_params:
+            return
+        self.table = BlockTable(self.space, num_params)
+        self._block_of.clear()
+        self._basis = None
+        self._fitted = None
+        self._plan_of = None
 
     def _make_plan(self, view: TrackerView) -> Plan:
         empty = np.zeros(0, dtype=np.int64)
@@ -243,7 +258,8 @@ class ModelPolicy(SearchPolicy):
         assert view.profile is not None
         return self.space.memory_model(view.profile)
 
-    def _incumbent(self, fitted: Fitted) -> float | None:
+    def _incumbent(self, fitted: Fitted) -> Array | None:
+        """Per component: the best posterior mean of a configuration that trained."""
         if not fitted.trained:
             return None
         surrogate = fitted.throughput
@@ -253,8 +269,7 @@ class ModelPolicy(SearchPolicy):
         mbs = np.array([float(r.spec.mbs) for r in fitted.trained])
         gas = np.array([float(r.spec.gas) for r in fitted.trained])
         means, _ = surrogate.predict_rows(rows)
-        mixture = surrogate.weights @ (means + surrogate.curve(mbs, gas))
-        return float(np.max(mixture))
+        return np.asarray(np.max(means + surrogate.curve(mbs, gas), axis=1), dtype=float)
 
     def _believe_running(self, scorer: BatchScorer, fitted: Fitted, record: TrialRecord) -> float:
         """Condition the scorer on a running trial; returns its probability of fitting."""

@@ -83,18 +83,19 @@ class ConfigSpace:
         zero = self.user_ds_config.get("zero_optimization") or {}
         return int(zero.get("stage", 0)) if isinstance(zero, Mapping) else 0
 
-    def knob_table(self, stage: int) -> dict[str, tuple[Any, ...]]:
-        return knobs_for_stage(stage, self.offload_optimizer, self.offload_param)
+    def knob_table(self, stage: int, num_params: int | None = None) -> dict[str, tuple[Any, ...]]:
+        """The knobs searched at ``stage``; with the model's ``num_params``, without the
+        model-sized values beyond the model (:func:`knobs.fit_to_model`)."""
+        table = knobs_for_stage(stage, self.offload_optimizer, self.offload_param)
+        return table if num_params is None else fit_to_model(table, num_params)
 
     def sample_zero(
         self, stage: int, rng: np.random.Generator, profile: ModelProfile | None = None
     ) -> dict[str, Any]:
-        """A random ``zero_optimization`` block for ``stage`` from the knob table (without
-        bucket sizes beyond the model, once its ``profile`` is known)."""
-        table = self.knob_table(stage)
-        if profile is not None:
-            table = fit_to_model(table, profile.num_params)
-        return sample_zero_config(stage, table, rng)
+        """A random ``zero_optimization`` block for ``stage`` from the knob table (fitted
+        to the model once its ``profile`` is known)."""
+        num_params = None if profile is None else profile.num_params
+        return sample_zero_config(stage, self.knob_table(stage, num_params), rng)
 
     def memory_model(self, profile: ModelProfile) -> MemoryModel:
         return MemoryModel(

@@ -62,15 +62,20 @@ def knobs_for_stage(
 BUCKET_KNOBS = ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size")
 """Knobs in elements that size a communication buffer DeepSpeed allocates whole."""
 
+MODEL_SIZED_KNOBS = (*BUCKET_KNOBS, "stage3_max_live_parameters", "stage3_max_reuse_distance")
+"""Knobs in elements whose effect stops growing at the model's size: a bucket that holds
+every gradient, a live-parameter limit or a reuse distance that the whole model stays
+under (ZeRO-3 then never releases a gathered parameter early)."""
+
 
 def fit_to_model(table: Mapping[str, Sequence[Any]], num_params: int) -> dict[str, tuple[Any, ...]]:
-    """The knob table without bucket sizes beyond the model: a bucket larger than all the
-    model's gradients behaves as one that holds them all, but DeepSpeed (0.19.8, with
-    ``contiguous_gradients``) still allocates its full size. The smallest value at or above
-    ``num_params`` stays, so "one bucket" remains a choice."""
+    """The knob table without model-sized values beyond the model (``MODEL_SIZED_KNOBS``):
+    they all behave as the smallest of them at or above ``num_params``, which stays, so
+    "one bucket" remains a choice. A larger bucket only costs: DeepSpeed (0.19.8, with
+    ``contiguous_gradients``) still allocates its full size."""
     out: dict[str, tuple[Any, ...]] = {}
     for key, values in table.items():
-        if key not in BUCKET_KNOBS or not all(isinstance(v, (int, float)) for v in values):
+        if key not in MODEL_SIZED_KNOBS or not all(isinstance(v, (int, float)) for v in values):
             out[key] = tuple(values)
             continue
         small = [v for v in values if v <= num_params]

@@ -94,3 +94,12 @@ def test_runs_with_shorter_windows_cost_their_own_steps() -> None:
     # Ignoring the windows would mistake the short runs' cheapness for a smaller step cost.
     blind = [TrainedRun(r.duration_s, r.samples_per_step, r.throughput) for r in trained]
     assert CostModel.fit(blind, [], None, 6.0).steps != pytest.approx(6.0, rel=0.05)
+
+
+def test_durations_that_do_not_follow_the_step_time_make_every_trial_cost_the_same() -> None:
+    # A replay that gives every trial the same seconds: a flat line, not a made-up slope.
+    trained = [TrainedRun(1.0, samples, 20.0) for samples in (6.0, 45.0, 82.0)]
+    model = CostModel.fit(trained, [], profile_s=1.0, default_steps=6.0)
+    assert model.steps == pytest.approx(0.0, abs=1e-9)
+    small, big = model.trained_s(np.array([1 / 20.0, 120 / 20.0]))
+    assert small == pytest.approx(1.0) and big == pytest.approx(1.0)

@@ -13,9 +13,14 @@ trials. With a log-normal predictive ``Y ~ N(m, s^2)`` of the log metric and inc
 The incumbent is the best posterior mean among configurations that trained (noisy
 measurements make the best single one optimistic; Picheny et al., "A benchmark of
 kriging-based infill criteria for noisy optimization", Struct. Multidiscip. Optim. 48,
-2013). When several trials may start, they are chosen one at a time and each is then
-treated as observed at its predicted mean (the kriging believer of Ginsbourger, Le Riche
-and Carraro, "Kriging is well-suited to parallelize optimization", 2010; see also
+2013), taken under each component of the model average: each component is one
+self-consistent hypothesis about the landscape, and far from the data (the first wave,
+before anything trained) components disagree by a factor of several, so an incumbent
+averaged over them would make a configuration "improve" on itself under the components
+that predict it above the average. When several trials may start, they are chosen one
+at a time and each is then treated as observed at its predicted mean (the kriging
+believer of Ginsbourger, Le Riche and Carraro, "Kriging is well-suited to parallelize
+optimization", 2010; see also
 González et al., "Batch Bayesian Optimization via Local Penalization", AISTATS 2016,
 for the problem it solves): the variances of related configurations shrink and the
 incumbent rises, so the batch spreads over configurations that are each worth a trial.
@@ -54,8 +59,8 @@ class BatchScorer:
 
     ``rows`` are the distinct throughput feature rows; candidate ``j`` uses row
     ``cand_row[j]``. ``fit`` is each candidate's probability of fitting, ``cost`` its
-    expected cost in trials. ``incumbent`` is the best posterior mean of a trained
-    configuration (log metric), or None before any trained.
+    expected cost in trials. ``incumbent`` is, per component, the best posterior mean of
+    a trained configuration (log metric), or None before any trained.
     """
 
     def __init__(
@@ -67,7 +72,7 @@ class BatchScorer:
         cand_gas: Array,
         fit: Array,
         cost: Array,
-        incumbent: float | None,
+        incumbent: Array | None,
     ) -> None:
         self.rows = rows
         self.cand_row = cand_row
@@ -104,16 +109,20 @@ class BatchScorer:
             value = self.weights @ np.exp(np.minimum(mean - reference + sd * sd / 2.0, 50.0))
         else:
             ei = np.stack(
-                [expected_improvement(mean[k], sd[k], self.incumbent) for k in range(len(mean))]
+                [
+                    expected_improvement(mean[k], sd[k], float(self.incumbent[k]))
+                    for k in range(len(mean))
+                ]
             )
             value = self.weights @ ei
         return np.asarray(self.fit * value / self.cost)
 
     def believe(self, candidate: int) -> None:
         """Treat ``candidate`` as observed at its mean: shrink related variances and, when it
-        probably fits, raise the incumbent to its mean."""
-        mean = float(self.mixture_mean()[candidate])
-        self._believe(self.rows[self.cand_row[candidate]], mean, float(self.fit[candidate]))
+        probably fits, raise the incumbent to its mean (each component's to its own)."""
+        mean, _ = self.mean_sd()
+        row = self.rows[self.cand_row[candidate]]
+        self._believe(row, mean[:, candidate], float(self.fit[candidate]))
 
     def believe_pending(
         self, surrogate: ThroughputSurrogate, row: Array, mbs: int, gas: int, fit: float
@@ -121,11 +130,13 @@ class BatchScorer:
         """The same for a trial that is already running (not a candidate)."""
         curve = surrogate.curve(np.array([float(mbs)]), np.array([float(gas)]))[:, 0]
         means = np.array([row @ c.mean for c in surrogate.components]) + curve
-        self._believe(row, float(self.weights @ means), fit)
+        self._believe(row, means, fit)
 
-    def _believe(self, row: Array, mean: float, fit: float) -> None:
+    def _believe(self, row: Array, means: Array, fit: float) -> None:
         if fit >= 0.5:
-            self.incumbent = mean if self.incumbent is None else max(self.incumbent, mean)
+            self.incumbent = (
+                means.copy() if self.incumbent is None else np.maximum(self.incumbent, means)
+            )
         for k, cov in enumerate(self.covs):
             u = cov @ row
             denom = self.noise[k] ** 2 + float(row @ u)

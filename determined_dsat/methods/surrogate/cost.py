@@ -118,8 +118,10 @@ def _fit_trained(
         x = np.array([[1.0, r.window_step_s] for r in runs])
         y = np.array([r.duration_s for r in runs])
         (startup, steps), *_ = np.linalg.lstsq(x, y, rcond=None)
-        if startup >= MIN_STARTUP_FRACTION * shortest and steps > 0:
-            return float(startup), float(steps)
+        # A flat line is a fit too: durations that do not grow with the step time (a
+        # replay that gives every trial the same seconds) make every trial cost the same.
+        if startup >= MIN_STARTUP_FRACTION * shortest and steps > -1e-9:
+            return float(startup), max(float(steps), 0.0)
     # Too little spread to fit both: trust the profile's startup (or the default steps).
     if profile_s is not None and profile_s < shortest:
         startup = profile_s

@@ -39,6 +39,27 @@ def zero_key(zero: Mapping[str, Any]) -> str:
     return json.dumps(zero, sort_keys=True)
 
 
+STAGE_PRIOR_SD = 0.15
+ONE_RANK_STAGE_PRIOR_SD: dict[int, float] = {1: 0.05, 2: 0.05}
+"""With one rank per trial ZeRO-1 and -2 partition over that rank alone: no collective
+has a peer, and only their optimizer's bookkeeping (flat buffers, bucketed copies) can
+move throughput, by a few percent. ZeRO-3 keeps :data:`STAGE_PRIOR_SD`: it still
+gathers and releases every layer's parameters around each use."""
+
+COMMUNICATION_KNOBS = (
+    "reduce_bucket_size",
+    "allgather_bucket_size",
+    "overlap_comm",
+    "reduce_scatter",
+    "stage3_prefetch_bucket_size",
+)
+"""Knobs that only shape collectives: how gradients are reduced and parameters gathered
+between ranks, and whether that overlaps with compute."""
+ONE_RANK_COMMUNICATION_SCALE = 0.25
+"""The prior sd of a communication knob's effect with one rank per trial, as a fraction
+of its sd with several: with no peer there is little left for it to change, so the
+search should not spend trials on it unless the data say otherwise."""
+
 FLUSH_START = 0.8
 """Predicted memory use (a fraction of usable memory) above which the caching allocator
 may start flushing: DeepSpeed warns "pytorch allocator cache flushes since last step",
@@ -105,18 +126,22 @@ def _knob_feature(name: str, values: Sequence[Any], first_column: int) -> KnobFe
 
 
 class BlockTable:
-    """Every ZeRO block of a space, with its memory numbers and throughput features.
+    """Every ZeRO block of a space, with its memory numbers and throughput features;
+    with the model's ``num_params``, only the blocks that differ for that model
+    (``ConfigSpace.knob_table``).
 
     Throughput columns: one intercept, one per stage, ``log(gas)``, the knob features
     (shared by every stage whose table has the knob), then two that depend on the
     micro-batch (:func:`fill_mbs_features`; zero in ``block_rows``).
     """
 
-    def __init__(self, space: ConfigSpace) -> None:
+    def __init__(self, space: ConfigSpace, num_params: int | None = None) -> None:
         self.stages = tuple(space.stages)
+        self.num_params = num_params
+        self.ranks = space.grid.slots
         self.blocks: list[dict[str, Any]] = []
         for stage in self.stages:
-            table = space.knob_table(stage)
+            table = space.knob_table(stage, num_params)
             names = list(table)
             for values in itertools.product(*(table[k] for k in names)):
                 block: dict[str, Any] = {"stage": stage}
@@ -140,7 +165,7 @@ class BlockTable:
     def _knob_features(self, space: ConfigSpace) -> list[KnobFeature]:
         values: dict[str, list[Any]] = {}
         for stage in self.stages:
-            for name, choices in space.knob_table(stage).items():
+            for name, choices in space.knob_table(stage, self.num_params).items():
                 values.setdefault(name, []).extend(choices)
         features: list[KnobFeature] = []
         column = 2 + len(self.stages)
@@ -180,7 +205,8 @@ class BlockTable:
         sd[0] = 3.0  # the intercept: set from the data's mean by the throughput model
         for stage, column in self.stage_column.items():
             mean[column] = STAGE_PRIOR.get(stage, 0.0)
-            sd[column] = 0.15
+            one_rank = ONE_RANK_STAGE_PRIOR_SD.get(stage, STAGE_PRIOR_SD)
+            sd[column] = one_rank if self.ranks == 1 else STAGE_PRIOR_SD
         sd[self.gas_column] = 0.05
         sd[self.flush_column] = FLUSH_PRIOR_SD
         sd[self.mbs_column] = MBS_SLOPE_PRIOR_SD
@@ -197,6 +223,10 @@ class BlockTable:
                 mean[knob.columns[0]], sd[knob.columns[0]] = -0.6, 0.3
             else:
                 sd[knob.columns[0]] = 0.1
+            if self.ranks == 1 and knob.name in COMMUNICATION_KNOBS:
+                for column in knob.columns:
+                    mean[column] *= ONE_RANK_COMMUNICATION_SCALE
+                    sd[column] *= ONE_RANK_COMMUNICATION_SCALE
         return mean, sd
 
 
