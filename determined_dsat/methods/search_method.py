@@ -21,7 +21,7 @@ from determined_dsat.jsonio import write_json_atomic
 from determined_dsat.methods.driver import SearchDriver
 from determined_dsat.space.ds_config import trial_length
 from determined_dsat.trials.records import OUTCOME_KEY, Outcome, TrialKind, TrialResult, TrialSpec
-from determined_dsat.trials.search_outcome import SearchOutcome
+from determined_dsat.trials.search_outcome import SearchOutcome, best_searched
 from determined_dsat.trials.specs import best_ds_config_of, hparams_of
 
 METHOD_STATE_FILE = "dsat_method_state.json"
@@ -79,6 +79,7 @@ class DSATSearchMethod(searcher.SearchMethod):
         tracker = self.tracker
         metrics = tracker.recommended_metrics()
         best = tracker.recommended()
+        searched, searched_metrics = best_searched(tracker)
         return SearchOutcome(
             best=best,
             message=self.stop_message or "the search ended",
@@ -88,8 +89,8 @@ class DSATSearchMethod(searcher.SearchMethod):
             baseline=tracker.baseline_record,
             measurements=int((metrics or {}).get("dsat_measurements", 1)),
             stages=tuple(self.driver.space.stages),
-            search_best=tracker.best(),
-            search_best_metrics=tracker.best_metrics(),
+            search_best=searched,
+            search_best_metrics=searched_metrics,
         )
 
     def note_time(self, elapsed_s: float) -> None:

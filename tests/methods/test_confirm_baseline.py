@@ -4,6 +4,7 @@ configurations re-measured, best median wins), through the engine on replay sour
 from __future__ import annotations
 
 import pathlib
+import statistics
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -205,3 +206,46 @@ def test_a_lucky_baseline_is_remeasured_before_it_can_win() -> None:
     assert zero["stage"] == 1 and zero["reduce_bucket_size"] == 123456
     pick = tracker.recommended()
     assert pick is not None and pick.spec.kind is TrialKind.SEARCH
+
+
+def test_when_the_users_config_wins_the_summary_names_the_best_searched_median() -> None:
+    """The user's own config measures 1000 every time; searched configs draw 1200 once
+    and 700 on every re-run. The re-measured baseline wins, and the verdict quotes the
+    best searched configuration's median over its runs, not the baseline's own number."""
+    import json
+
+    from determined_dsat.report.summary import verdict_lines
+
+    seen: set[str] = set()
+
+    def source(ds_config: dict[str, Any]) -> Mapping[str, Any]:
+        if is_profiling_config(ds_config):
+            return dict(TINY_PROFILE)
+        if ds_config["train_micro_batch_size_per_gpu"] == 3 and (
+            ds_config["gradient_accumulation_steps"] == 2
+        ):
+            return {"throughput": 1000.0}
+        key = json.dumps({k: v for k, v in ds_config.items() if k != "autotuning"}, sort_keys=True)
+        first = key not in seen
+        seen.add(key)
+        return {"throughput": 1200.0 if first else 700.0}
+
+    method = run(source, 1, max_trials=24, baseline=True, confirm_top=3, stages=(1,))
+    outcome = method.outcome()
+    assert outcome.best is not None and outcome.best.spec.kind is TrialKind.BASELINE
+    assert outcome.search_best is not None and outcome.search_best.spec.kind is TrialKind.SEARCH
+    assert outcome.search_best_metrics is not None
+    tracker = method.tracker
+    medians = []
+    for record in tracker.records():
+        again = tracker.confirmations_of(record.spec.request_id)
+        if record.spec.kind is TrialKind.SEARCH and again:
+            runs = [record, *again]
+            medians.append(statistics.median(float(tracker.score(r) or 0.0) for r in runs))
+    expected = max(medians)
+    assert expected < 1000.0  # every re-measured searched config fell below the baseline
+    assert outcome.search_best_metrics["throughput"] == expected
+    text = "\n".join(verdict_lines(Metric.THROUGHPUT, outcome))
+    assert "No searched configuration beat your ds_config.json" in text
+    quoted = text.split("the best searched one ran ")[1]
+    assert quoted.startswith(f"{expected:.0f}") or quoted.startswith(f"{expected:,.0f}")
