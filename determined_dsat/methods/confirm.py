@@ -72,6 +72,19 @@ def confirm(view: TrackerView, targets: list[str]) -> Confirmed | None:
     return best
 
 
+def best_searched(view: TrackerView) -> Confirmed | None:
+    """The search trial with the best median over its runs, as :func:`confirm` ranks
+    them. One measured once competes only when none was re-measured: a single draw is
+    the lucky one the confirmation exists to discount."""
+    searched = [
+        r.spec.request_id
+        for r in view.records()
+        if r.spec.kind is TrialKind.SEARCH and view.score(r) is not None
+    ]
+    remeasured = [rid for rid in searched if view.confirmations_of(rid)]
+    return confirm(view, remeasured or searched)
+
+
 def _score_or_worst(view: TrackerView, record: TrialRecord) -> float:
     score = view.score(record)
     return float("-inf") if score is None else score

@@ -18,10 +18,11 @@ from typing import Any
 from determined import searcher
 
 from determined_dsat.jsonio import write_json_atomic
+from determined_dsat.methods.confirm import best_searched
 from determined_dsat.methods.driver import SearchDriver
 from determined_dsat.space.ds_config import trial_length
 from determined_dsat.trials.records import OUTCOME_KEY, Outcome, TrialKind, TrialResult, TrialSpec
-from determined_dsat.trials.search_outcome import SearchOutcome, best_searched
+from determined_dsat.trials.search_outcome import SearchOutcome
 from determined_dsat.trials.specs import best_ds_config_of, hparams_of
 
 METHOD_STATE_FILE = "dsat_method_state.json"
@@ -79,7 +80,12 @@ class DSATSearchMethod(searcher.SearchMethod):
         tracker = self.tracker
         metrics = tracker.recommended_metrics()
         best = tracker.recommended()
-        searched, searched_metrics = best_searched(tracker)
+        # The search's own best, never the user's config (which may have won).
+        searched, searched_metrics = tracker.best(), tracker.best_metrics()
+        if searched is not None and searched.spec.kind is not TrialKind.SEARCH:
+            found = best_searched(tracker)
+            searched = None if found is None else found.record
+            searched_metrics = None if found is None else dict(found.metrics)
         return SearchOutcome(
             best=best,
             message=self.stop_message or "the search ended",
