@@ -172,13 +172,7 @@ class ModelPolicy(SearchPolicy):
         if cand_block.size == 0:
             return Plan(None, empty, empty, bool(fitted.trained))
         basis, grid = fitted.basis, self.space.grid
-        stage = self.table.stage_of[cand_block]
-        fit = fitted.memory.fit_probability(
-            stage,
-            basis.states[cand_block],
-            np.asarray(basis.activation * cand_mbs, dtype=float),
-            basis.buckets[cand_block],
-        )
+        fit = fitted.memory.fit_probability(basis.terms(self.table, cand_block, cand_mbs))
         keep = fit >= MIN_FIT_PROBABILITY
         cand_block, cand_mbs, fit = cand_block[keep], cand_mbs[keep], fit[keep]
         if cand_block.size == 0:

@@ -146,3 +146,26 @@ def bucket_elements(zero: Mapping[str, Any]) -> float:
         prefetch = BUCKET_DEFAULTS["stage3_prefetch_bucket_size"]
         elements += float(zero.get("stage3_prefetch_bucket_size", prefetch))
     return elements * (2.0 if overlap_comm(zero) else 1.0)
+
+
+def loose_gradients(zero: Mapping[str, Any]) -> bool:
+    """Whether a block keeps gradients as separate tensors until they are reduced: stages 2
+    and 3 without ``contiguous_gradients`` (DeepSpeed 0.19.8 defaults it to True)."""
+    stage = int(zero.get("stage", 0))
+    return stage >= 2 and not bool(zero.get("contiguous_gradients", True))
+
+
+def gathered_elements(zero: Mapping[str, Any], num_params: int) -> float:
+    """Upper bound on the parameters (elements) ZeRO-3 keeps gathered at once: what
+    ``stage3_max_live_parameters`` lets live plus what ``stage3_max_reuse_distance`` keeps
+    for reuse, each at most the model. Zero below stage 3."""
+    if int(zero.get("stage", 0)) != 3:
+        return 0.0
+    live = float(
+        zero.get("stage3_max_live_parameters", NUMERIC_DEFAULTS["stage3_max_live_parameters"])
+    )
+    reuse = float(
+        zero.get("stage3_max_reuse_distance", NUMERIC_DEFAULTS["stage3_max_reuse_distance"])
+    )
+    size = float(max(num_params, 0))
+    return min(live, size) + min(reuse, size)

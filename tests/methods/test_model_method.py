@@ -61,6 +61,8 @@ def observe(
         basis.activation * mbs,
         float(basis.buckets[block]),
         fits,
+        basis.activation * mbs * float(basis.loose[block]),
+        float(basis.gathered[block]),
     )
 
 
@@ -68,13 +70,8 @@ def fit_probability(
     surrogate: MemorySurrogate, table: BlockTable, basis: MemoryBasis, block: int, mbs: Any
 ) -> np.ndarray:
     mbs = np.atleast_1d(np.asarray(mbs, dtype=float))
-    n = mbs.shape[0]
-    return surrogate.fit_probability(
-        np.full(n, table.stage_of[block]),
-        np.full(n, basis.states[block]),
-        basis.activation * mbs,
-        np.full(n, basis.buckets[block]),
-    )
+    blocks = np.full(mbs.shape[0], block, dtype=np.int64)
+    return surrogate.fit_probability(basis.terms(table, blocks, mbs))
 
 
 LANDSCAPE = Landscape.draw(SEEDS[0])

@@ -49,7 +49,8 @@ def candidates(
     """
     n = len(table)
     levels = [
-        memory.boundary(table.stage_of, basis.states, basis.buckets, z) / basis.activation
+        memory.boundary(table.stage_of, basis.states, basis.buckets, z, basis.loose, basis.gathered)
+        / basis.activation
         for z in FIT_LEVELS
     ]
     raw = np.stack(levels + [levels[0] * f for f in FRACTIONS], axis=1)

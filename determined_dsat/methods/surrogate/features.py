@@ -18,8 +18,15 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from determined_dsat.methods.surrogate.memory import MemoryTerms
 from determined_dsat.space.config_space import ConfigSpace
-from determined_dsat.space.knobs import NUMERIC_DEFAULTS, bucket_elements, offload_of
+from determined_dsat.space.knobs import (
+    NUMERIC_DEFAULTS,
+    bucket_elements,
+    gathered_elements,
+    loose_gradients,
+    offload_of,
+)
 from determined_dsat.space.memory import MemoryModel, Offload
 
 Array = NDArray[np.float64]
@@ -65,18 +72,23 @@ FLUSH_START = 0.8
 may start flushing: DeepSpeed warns "pytorch allocator cache flushes since last step",
 and a step near the limit costs 5-25 % more."""
 FLUSH_PRIOR_SD = 0.2
-MBS_REF = 32.0
-MBS_SLOPE_PRIOR_SD = 0.1
-"""Prior sd of the power of the micro-batch beyond saturation: zero on average, but
-caches (on CPUs especially) make throughput fall with the micro-batch past some size."""
+MBS_KNOTS = (4.0, 16.0, 64.0, 256.0)
+MBS_HINGE_PRIOR_SD = 0.1
+"""Beyond saturation, throughput may still change with the micro-batch: caches (on CPUs
+especially) make it fall past some size, by a roughly constant factor per doubling. The
+model has one hinge ``max(0, log(mbs / knot))`` per knot, each with this prior sd on its
+power, so a fall can start at any size and nothing changes below the first knot."""
 
 
 def fill_mbs_features(table: BlockTable, rows: Array, mbs: Array, memory_fraction: Array) -> Array:
     """Set the micro-batch columns of feature ``rows`` (in place; returned): how far the
-    predicted memory use is into the flushing zone, and log of the micro-batch."""
+    predicted memory use is into the flushing zone, and how far log of the micro-batch is
+    past each knot."""
     flush = np.maximum(np.asarray(memory_fraction, dtype=float) - FLUSH_START, 0.0)
     rows[:, table.flush_column] = np.minimum(flush / (1.0 - FLUSH_START), 1.5)
-    rows[:, table.mbs_column] = np.log(np.asarray(mbs, dtype=float) / MBS_REF)
+    log_mbs = np.log(np.asarray(mbs, dtype=float))
+    for column, knot in zip(table.mbs_columns, MBS_KNOTS):
+        rows[:, column] = np.maximum(log_mbs - math.log(knot), 0.0)
     return rows
 
 
@@ -131,8 +143,9 @@ class BlockTable:
     (``ConfigSpace.knob_table``).
 
     Throughput columns: one intercept, one per stage, ``log(gas)``, the knob features
-    (shared by every stage whose table has the knob), then two that depend on the
-    micro-batch (:func:`fill_mbs_features`; zero in ``block_rows``).
+    (shared by every stage whose table has the knob), then the ones that depend on the
+    micro-batch: the allocator's flushing and one hinge per :data:`MBS_KNOTS`
+    (:func:`fill_mbs_features`; zero in ``block_rows``).
     """
 
     def __init__(self, space: ConfigSpace, num_params: int | None = None) -> None:
@@ -158,8 +171,8 @@ class BlockTable:
         self.gas_column = 1 + len(self.stages)
         knob_end = self.gas_column + 1 + sum(len(k.columns) for k in self.knobs)
         self.flush_column = knob_end
-        self.mbs_column = knob_end + 1
-        self.num_columns = knob_end + 2
+        self.mbs_columns = tuple(knob_end + 1 + i for i in range(len(MBS_KNOTS)))
+        self.num_columns = knob_end + 1 + len(MBS_KNOTS)
         self.block_rows = np.array([self._block_row(b) for b in self.blocks])
 
     def _knob_features(self, space: ConfigSpace) -> list[KnobFeature]:
@@ -209,7 +222,7 @@ class BlockTable:
             sd[column] = one_rank if self.ranks == 1 else STAGE_PRIOR_SD
         sd[self.gas_column] = 0.05
         sd[self.flush_column] = FLUSH_PRIOR_SD
-        sd[self.mbs_column] = MBS_SLOPE_PRIOR_SD
+        sd[list(self.mbs_columns)] = MBS_HINGE_PRIOR_SD
         for knob in self.knobs:
             if knob.kind == "log":
                 linear, square = knob.columns
@@ -231,44 +244,84 @@ class BlockTable:
 
 
 @attrs.frozen
+class BlockMemory:
+    """One block's memory terms that do not depend on the micro-batch, in units of usable
+    device bytes (see :mod:`surrogate.memory`)."""
+
+    states: float  # model states
+    buckets: float  # communication buckets
+    loose: float  # 1.0 when its gradients are kept loose (the activations carry a term)
+    gathered: float  # ZeRO-3's gathered-parameter bound
+
+    def terms(self, stage: int, activation: float) -> MemoryTerms:
+        """The block's terms at ``activation`` (per-sample bytes times mbs, usable units)."""
+        return MemoryTerms(
+            stage, self.states, activation, self.buckets, activation * self.loose, self.gathered
+        )
+
+
+@attrs.frozen
 class MemoryBasis:
     """Per-block memory numbers from the memory model, in units of usable device bytes.
 
     ``states[i]``: model-state bytes of block ``i``; ``activation``: bytes per sample;
-    ``buckets[i]``: bucket bytes (elements times the bytes of the training precision).
+    ``buckets[i]``: bucket bytes (elements times the bytes of the training precision);
+    ``loose[i]``: 1 where block ``i`` keeps loose gradients; ``gathered[i]``: its ZeRO-3
+    gathered-parameter bound.
     """
 
     usable_bytes: float
     states: Array
     activation: float
     buckets: Array
+    loose: Array
+    gathered: Array
 
     @classmethod
     def of(cls, table: BlockTable, memory: MemoryModel, bytes_per_element: int) -> MemoryBasis:
         usable = float(memory.usable_bytes)
-        states = np.array(
-            [
-                memory.model_state_bytes(
-                    int(b["stage"]), Offload(optimizer=o, param=p and int(b["stage"]) == 3)
-                )
-                for b, (o, p) in zip(table.blocks, table._offload)
-            ],
-            dtype=float,
-        )
+        numbers = [memory_numbers(memory, b, bytes_per_element, usable) for b in table.blocks]
         activation = float(max(memory.profile.activation_mem_per_gpu, 1))
         return cls(
             usable_bytes=usable,
-            states=states / usable,
+            states=np.array([n.states for n in numbers], dtype=float),
             activation=activation / usable,
-            buckets=table.bucket_elements * bytes_per_element / usable,
+            buckets=np.array([n.buckets for n in numbers], dtype=float),
+            loose=np.array([n.loose for n in numbers], dtype=float),
+            gathered=np.array([n.gathered for n in numbers], dtype=float),
+        )
+
+    def terms(self, table: BlockTable, blocks: NDArray[np.int64], mbs: NDArray[Any]) -> MemoryTerms:
+        """The memory terms of table ``blocks`` at micro-batches ``mbs``."""
+        activation = np.asarray(self.activation * np.asarray(mbs, dtype=float), dtype=float)
+        return MemoryTerms(
+            table.stage_of[blocks],
+            self.states[blocks],
+            activation,
+            self.buckets[blocks],
+            activation * self.loose[blocks],
+            self.gathered[blocks],
         )
 
     def block_numbers(
         self, memory: MemoryModel, zero: Mapping[str, Any], bytes_per_element: int
-    ) -> tuple[float, float]:
-        """(states, buckets) of any block, in units of usable bytes."""
-        stage = int(zero.get("stage", 0))
-        o, p = offload_of(zero)
-        states = memory.model_state_bytes(stage, Offload(optimizer=o, param=p and stage == 3))
-        buckets = bucket_elements(zero) * bytes_per_element
-        return states / self.usable_bytes, buckets / self.usable_bytes
+    ) -> BlockMemory:
+        """The memory terms of any block, in units of usable bytes."""
+        return memory_numbers(memory, zero, bytes_per_element, self.usable_bytes)
+
+
+def memory_numbers(
+    memory: MemoryModel, zero: Mapping[str, Any], bytes_per_element: int, usable: float
+) -> BlockMemory:
+    """A block's memory terms, in units of ``usable`` bytes."""
+    stage = int(zero.get("stage", 0))
+    o, p = offload_of(zero)
+    states = memory.model_state_bytes(stage, Offload(optimizer=o, param=p and stage == 3))
+    buckets = bucket_elements(zero) * bytes_per_element
+    gathered = gathered_elements(zero, memory.profile.num_params) * bytes_per_element
+    return BlockMemory(
+        states=states / usable,
+        buckets=buckets / usable,
+        loose=1.0 if loose_gradients(zero) else 0.0,
+        gathered=gathered / usable,
+    )

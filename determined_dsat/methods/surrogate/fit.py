@@ -18,7 +18,11 @@ from numpy.typing import NDArray
 
 from determined_dsat.methods.surrogate.cost import CostModel, TrainedRun, step_proxy
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, fill_mbs_features
-from determined_dsat.methods.surrogate.memory import MemoryObservation, MemorySurrogate
+from determined_dsat.methods.surrogate.memory import (
+    MemoryObservation,
+    MemorySurrogate,
+    MemoryTerms,
+)
 from determined_dsat.methods.surrogate.throughput import (
     ThroughputObservation,
     ThroughputSurrogate,
@@ -46,25 +50,17 @@ class Fitted:
     fail_from: dict[int, int]  # block -> smallest micro-batch that crashed or timed out
     width: int  # bytes per element of the training precision
 
-    def memory_terms(self, zero: Mapping[str, Any], mbs: int) -> tuple[int, float, float, float]:
-        """(stage, states, activation, buckets) of any configuration, in usable bytes."""
-        states, buckets = self.basis.block_numbers(self.memory_model, zero, self.width)
-        return int(zero.get("stage", 0)), states, self.basis.activation * mbs, buckets
+    def memory_terms(self, zero: Mapping[str, Any], mbs: int) -> MemoryTerms:
+        """The memory terms of any configuration, in usable bytes."""
+        block = self.basis.block_numbers(self.memory_model, zero, self.width)
+        return block.terms(int(zero.get("stage", 0)), self.basis.activation * mbs)
 
     def fit_probability(self, zero: Mapping[str, Any], mbs: int) -> float:
-        stage, states, activation, buckets = self.memory_terms(zero, mbs)
-        return float(
-            self.memory.fit_probability(
-                np.array([stage]), np.array([states]), np.array([activation]), np.array([buckets])
-            )[0]
-        )
+        return float(self.memory.fit_probability(self.memory_terms(zero, mbs))[0])
 
     def row(self, table: BlockTable, zero: Mapping[str, Any], mbs: int, gas: int) -> Array:
         """The throughput feature row of any configuration."""
-        stage, states, activation, buckets = self.memory_terms(zero, mbs)
-        fraction = self.memory.mean_fraction(
-            np.array([stage]), np.array([states]), np.array([activation]), np.array([buckets])
-        )
+        fraction = self.memory.mean_fraction(self.memory_terms(zero, mbs))
         row = table.row_of(zero)
         row[table.gas_column] = np.log(gas)
         filled = fill_mbs_features(table, row[None, :], np.array([mbs]), fraction)
@@ -95,10 +91,20 @@ def fit_all(
         assert record.result is not None
         outcome, spec = record.result.outcome, record.spec
         if outcome in (Outcome.OK, Outcome.OOM):
-            states, buckets = basis.block_numbers(memory_model, spec.zero, width)
+            block = basis.block_numbers(memory_model, spec.zero, width)
             activation = basis.activation * spec.mbs
             fitted_ok = outcome is Outcome.OK
-            memory_obs.append(MemoryObservation(spec.stage, states, activation, buckets, fitted_ok))
+            memory_obs.append(
+                MemoryObservation(
+                    spec.stage,
+                    block.states,
+                    activation,
+                    block.buckets,
+                    fitted_ok,
+                    activation * block.loose,
+                    block.gathered,
+                )  # fmt: skip
+            )
             if not fitted_ok and record.result.duration_s is not None:
                 oom_s.append(record.result.duration_s)
         elif outcome.too_big and spec.kind is TrialKind.SEARCH:
@@ -190,13 +196,7 @@ def candidate_rows(
 ) -> Array:
     """The throughput feature rows of candidates (one row each)."""
     blocks = np.asarray(cand_block, dtype=np.int64)
-    basis = fitted.basis
-    fraction = fitted.memory.mean_fraction(
-        table.stage_of[blocks],
-        basis.states[blocks],
-        np.asarray(basis.activation * cand_mbs, dtype=float),
-        basis.buckets[blocks],
-    )
+    fraction = fitted.memory.mean_fraction(fitted.basis.terms(table, blocks, cand_mbs))
     rows = table.block_rows[blocks].copy()
     rows[:, table.gas_column] = np.log(np.asarray(cand_gas, dtype=float))
     return fill_mbs_features(table, rows, cand_mbs, fraction)

@@ -1,12 +1,21 @@
 """Memory surrogate: which configurations will run out of device memory.
 
 Bytes per GPU are modelled as the memory model's terms, each scaled by an unknown
-correction, plus the communication buckets the memory model leaves out::
+correction, plus what the memory model leaves out: the communication buckets, the
+fragmentation of gradients kept as separate tensors, and ZeRO-3's gathered parameters::
 
-    c[stage] * states(stage, offload) + a * activation * mbs + beta * buckets(zero)  <=  usable
+    c[stage] * states(stage, offload) + a * activation * mbs + beta * buckets(zero)
+        + l * activation * mbs * loose(zero) + g * gathered(zero)  <=  usable
 
-The corrections ``w = (c[0..3], a, beta)`` start from a Gaussian prior centred on the
-memory model (``c = beta = 1``; ``a`` at 1.5, see :data:`PRIOR_MEAN_ACTIVATION`) and are
+``loose`` is 1 for a stage-2/3 block without ``contiguous_gradients`` (DeepSpeed's docs:
+the contiguous buffer "avoids memory fragmentation during backward pass"), and
+``gathered`` counts the parameters ZeRO-3 may hold gathered at once, bounded by
+``stage3_max_live_parameters`` and kept for reuse by ``stage3_max_reuse_distance``
+("smaller values use less memory", both). Without these two terms an OOM of one such
+block would rule out its sibling that differs only there, though it needs less memory.
+
+The corrections ``w = (c[0..3], a, beta, l, g)`` start from a Gaussian prior centred on
+the memory model (``c = beta = 1``; ``a`` at 1.5, see :data:`PRIOR_MEAN_ACTIVATION`) and are
 learnt from every trial that trained (the inequality held) or ran out of memory (it did
 not). Each observation is a probit constraint on the linear function ``w . phi``; the
 posterior is approximated by a Gaussian with expectation propagation (Minka, UAI 2001,
@@ -16,15 +25,16 @@ The probability that a configuration fits is then ``Phi((1 - mean) / sd)`` of
 ``w . phi`` (everything in units of usable bytes).
 
 On top of the model, hard evidence: since every term grows with micro-batch and bucket
-size, a configuration at least as large as one that ran out of memory (same stage,
-model states, buckets and micro-batch all at least as large) cannot fit, and one at most
-as large as one that trained does. (Crashes and timeouts are not memory evidence; the
-policy rules out larger micro-batches of the same block after one.)
+size, a configuration at least as large as one that ran out of memory (same stage; model
+states, buckets, micro-batch and the two terms above all at least as large) cannot fit,
+and one at most as large as one that trained does. (Crashes and timeouts are not memory
+evidence; the policy rules out larger micro-batches of the same block after one.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -35,8 +45,8 @@ from determined_dsat.space.memory import STEP_ACTIVATION_FACTOR
 
 Array = NDArray[np.float64]
 
-NUM_WEIGHTS = 6  # c[0], c[1], c[2], c[3], a, beta
-_A, _BETA = 4, 5
+NUM_WEIGHTS = 8  # c[0], c[1], c[2], c[3], a, beta, l, g
+_A, _BETA, _LOOSE, _GATHERED = 4, 5, 6, 7
 PRIOR_SD_STATES = 0.2
 PRIOR_CORRELATION_STATES = 0.5
 PRIOR_MEAN_ACTIVATION = STEP_ACTIVATION_FACTOR
@@ -46,6 +56,12 @@ micro-batch 1 only; the backward pass's transients, the logits and loss buffers 
 allocator's fragmentation come on top, so a step really needs 1.2-2x (sometimes more)
 per sample. The prior says so, with room for either side."""
 PRIOR_SD_BUCKETS = 0.5
+PRIOR_MEAN_LOOSE, PRIOR_SD_LOOSE = 0.0, 0.1
+"""Extra activation bytes per sample without contiguous gradients, as a fraction of the
+profiled ones: fragmentation of a few percent, of unknown size."""
+PRIOR_MEAN_GATHERED, PRIOR_SD_GATHERED = 0.1, 0.25
+"""The fraction of :func:`gathered_elements` ZeRO-3 really keeps gathered at its peak:
+the limits are upper bounds, reached only by models with few, large layers."""
 NOISE = 0.003
 """Probit noise, as a fraction of usable memory: run-to-run jitter (allocator, workspace)."""
 _EP_SWEEPS = 60
@@ -65,19 +81,57 @@ class MemoryObservation:
     activation: float  # activation bytes per sample times the micro-batch
     buckets: float
     fitted: bool
+    loose: float = 0.0  # ``activation`` when the block has loose gradients, else 0
+    gathered: float = 0.0  # ZeRO-3's gathered-parameter bound (bytes)
+
+    @property
+    def terms(self) -> tuple[float, float, float, float, float]:
+        return self.states, self.activation, self.buckets, self.loose, self.gathered
 
 
-def features(
-    stage: Array | int, states: Array | float, activation: Array | float, buckets: Array | float
-) -> Array:
-    """Rows ``phi`` with ``w . phi`` = predicted bytes over usable bytes."""
-    stage_arr = np.atleast_1d(np.asarray(stage, dtype=int))
-    n = stage_arr.shape[0]
-    phi = np.zeros((n, NUM_WEIGHTS))
-    phi[np.arange(n), stage_arr] = np.broadcast_to(np.asarray(states, dtype=float), (n,))
-    phi[:, _A] = np.broadcast_to(np.asarray(activation, dtype=float), (n,))
-    phi[:, _BETA] = np.broadcast_to(np.asarray(buckets, dtype=float), (n,))
-    return phi
+def _int_array(value: Any) -> NDArray[np.int64]:
+    return np.atleast_1d(np.asarray(value, dtype=np.int64))
+
+
+def _float_array(value: Any) -> Array:
+    return np.atleast_1d(np.asarray(value, dtype=float))
+
+
+@attrs.frozen
+class MemoryTerms:
+    """Configurations' memory terms (arrays of one length), in units of usable device bytes:
+    the ZeRO stage, model states, activations (bytes per sample times the micro-batch),
+    buckets, the loose-gradient activations (the activations, or 0 for a block with
+    contiguous gradients) and ZeRO-3's gathered-parameter bound."""
+
+    stage: NDArray[np.int64] = attrs.field(converter=_int_array)
+    states: Array = attrs.field(converter=_float_array)
+    activation: Array = attrs.field(converter=_float_array)
+    buckets: Array = attrs.field(converter=_float_array)
+    loose: Array = attrs.field(converter=_float_array)
+    gathered: Array = attrs.field(converter=_float_array)
+
+    @classmethod
+    def of(cls, observations: Sequence[MemoryObservation]) -> MemoryTerms:
+        return cls(
+            [o.stage for o in observations],
+            *np.array([o.terms for o in observations], dtype=float).reshape(-1, 5).T,
+        )
+
+    def columns(self) -> Array:
+        """One row per configuration: the terms after the stage (for the hard evidence)."""
+        n = self.stage.shape[0]
+        values = (self.states, self.activation, self.buckets, self.loose, self.gathered)
+        return np.stack([np.broadcast_to(v, (n,)) for v in values], axis=1)
+
+    def phi(self) -> Array:
+        """Rows ``phi`` with ``w . phi`` = predicted bytes over usable bytes."""
+        n = self.stage.shape[0]
+        phi = np.zeros((n, NUM_WEIGHTS))
+        columns = self.columns()
+        phi[np.arange(n), self.stage] = columns[:, 0]
+        phi[:, [_A, _BETA, _LOOSE, _GATHERED]] = columns[:, 1:]
+        return phi
 
 
 def prior() -> tuple[Array, Array]:
@@ -90,6 +144,8 @@ def prior() -> tuple[Array, Array]:
     cov[np.arange(4), np.arange(4)] = var
     cov[_A, _A] = PRIOR_SD_ACTIVATION**2
     cov[_BETA, _BETA] = PRIOR_SD_BUCKETS**2
+    mean[_LOOSE], cov[_LOOSE, _LOOSE] = PRIOR_MEAN_LOOSE, PRIOR_SD_LOOSE**2
+    mean[_GATHERED], cov[_GATHERED, _GATHERED] = PRIOR_MEAN_GATHERED, PRIOR_SD_GATHERED**2
     return mean, cov
 
 
@@ -109,12 +165,7 @@ class MemorySurrogate:
     def _fit(self) -> None:
         """Parallel EP with damping; every site is a probit constraint along its ``phi``."""
         obs = self.observations
-        phi = features(
-            np.array([o.stage for o in obs]),
-            np.array([o.states for o in obs]),
-            np.array([o.activation for o in obs]),
-            np.array([o.buckets for o in obs]),
-        )
+        phi = MemoryTerms.of(obs).phi()
         sign = np.array([-1.0 if o.fitted else 1.0 for o in obs])
         mean0, cov0 = prior()
         prec0 = np.linalg.inv(cov0)
@@ -147,54 +198,52 @@ class MemorySurrogate:
                 break
         self.mean, self.cov = mean, cov
 
-    def fit_probability(
-        self, stage: Array, states: Array, activation: Array, buckets: Array
-    ) -> Array:
-        """Probability that each configuration fits, vectorised over its arguments: the ZeRO
-        stage, and the model states, activations (per sample times the micro-batch) and
-        buckets, all in units of usable device bytes."""
-        phi = features(stage, states, activation, buckets)
+    def fit_probability(self, terms: MemoryTerms) -> Array:
+        """Probability that each configuration fits."""
+        phi = terms.phi()
         m = phi @ self.mean
         v = _quad(phi, self.cov) + NOISE**2
         p = normal.cdf((1.0 - m) / np.sqrt(v))
-        stage_arr = np.atleast_1d(np.asarray(stage, dtype=int))
-        terms = np.stack(
-            [
-                np.broadcast_to(np.asarray(x, dtype=float), stage_arr.shape)
-                for x in (states, activation, buckets)
-            ],
-            axis=1,
-        )
-        p = np.where(_dominates_any(self._ok, stage_arr, terms, larger=False), 1.0, p)
-        return np.where(_dominates_any(self._oom, stage_arr, terms, larger=True), 0.0, p)
+        columns = terms.columns()
+        p = np.where(_dominates_any(self._ok, terms.stage, columns, larger=False), 1.0, p)
+        return np.where(_dominates_any(self._oom, terms.stage, columns, larger=True), 0.0, p)
 
-    def mean_fraction(
-        self, stage: Array, states: Array, activation: Array, buckets: Array
-    ) -> Array:
+    def mean_fraction(self, terms: MemoryTerms) -> Array:
         """The posterior mean of predicted memory use, as a fraction of usable memory."""
-        return np.asarray(features(stage, states, activation, buckets) @ self.mean)
+        return np.asarray(terms.phi() @ self.mean)
 
-    def boundary(self, stage: Array, states: Array, buckets: Array, z: float) -> Array:
+    def boundary(
+        self,
+        stage: Array,
+        states: Array,
+        buckets: Array,
+        z: float,
+        loose_flag: Array | float = 0.0,
+        gathered: Array | float = 0.0,
+    ) -> Array:
         """Activation term (``activation per sample * mbs``) at which a block's fit
-        probability is ``Phi(z)``, ignoring the hard evidence; may be negative."""
-        phi0 = features(stage, states, 0.0, buckets)
+        probability is ``Phi(z)``, ignoring the hard evidence; may be negative.
+        ``loose_flag``: 1 for blocks whose activations carry the loose-gradient term."""
+        phi0 = MemoryTerms(stage, states, 0.0, buckets, 0.0, gathered).phi()
         fixed = phi0 @ self.mean
-        a_mean = self.mean[_A]
+        flag = np.broadcast_to(np.asarray(loose_flag, dtype=float), fixed.shape)
+        slope = np.maximum(self.mean[_A] + self.mean[_LOOSE] * flag, 1e-6)
         # Use the spread of the fixed part plus the activation correction at the mean point.
-        guess = np.maximum((1.0 - fixed) / max(a_mean, 1e-6), 0.0)
+        guess = np.maximum((1.0 - fixed) / slope, 0.0)
         phi = phi0.copy()
         phi[:, _A] = guess
+        phi[:, _LOOSE] = guess * flag
         sd = np.sqrt(_quad(phi, self.cov) + NOISE**2)
-        return np.asarray((1.0 - fixed - z * sd) / max(a_mean, 1e-6), dtype=float)
+        return np.asarray((1.0 - fixed - z * sd) / slope, dtype=float)
 
 
 def _evidence(observations: Sequence[MemoryObservation]) -> Array:
     if not observations:
-        return np.zeros((0, 4))
-    return np.array([[o.stage, o.states, o.activation, o.buckets] for o in observations])
+        return np.zeros((0, 6))
+    return np.array([[o.stage, *o.terms] for o in observations])
 
 
-def _dominates_any(evidence: Array, stage: Array, terms: Array, larger: bool) -> Array:
+def _dominates_any(evidence: Array, stage: NDArray[np.int64], terms: Array, larger: bool) -> Array:
     """Whether each configuration is at least as large (``larger``) or at most as large as
     some observation of its stage, in every memory term."""
     if evidence.shape[0] == 0:
