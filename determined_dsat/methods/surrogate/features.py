@@ -164,8 +164,6 @@ class BlockTable:
                 self.blocks.append(block)
         self.index = {zero_key(b): i for i, b in enumerate(self.blocks)}
         self.stage_of = np.array([b["stage"] for b in self.blocks], dtype=int)
-        self.bucket_elements = np.array([bucket_elements(b) for b in self.blocks])
-        self._offload = [offload_of(b) for b in self.blocks]
         self.knobs = self._knob_features(space)
         self.stage_column = {s: 1 + i for i, s in enumerate(self.stages)}
         self.gas_column = 1 + len(self.stages)
