@@ -15,6 +15,7 @@ search may offload it or the user's ds_config does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -43,6 +44,7 @@ _BY_OPTIMIZER: dict[str, tuple[str | None, str]] = {
 _CPU_ONLY = ("ShareMemCommBuilder",)
 WARMUP_TIMEOUT_S = 1800.0
 STOP_GRACE_S = 10.0
+KILL_REAP_S = 5.0  # a SIGKILLed process ends within this, bar an uninterruptible wait
 
 
 def _offloads_optimizer(ds_config: Mapping[str, Any]) -> bool:
@@ -128,13 +130,39 @@ def _run(names: list[str], env: dict[str, str], log_path: pathlib.Path, timeout_
 def _stop(child: subprocess.Popen[bytes]) -> None:
     """Stop the warm-up so that it releases torch's extension lock, then remove what a
     kill left anyway (a stale lock would hang every later op load)."""
-    child.terminate()
-    try:
-        child.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+    _signal(child, signal.SIGTERM)
+    if not _reap(child, STOP_GRACE_S):
+        _signal(child, signal.SIGKILL)
+        _reap(child, KILL_REAP_S)
     clear_stale_locks()
+
+
+def _signal(child: subprocess.Popen[bytes], signum: int) -> None:
+    if child.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
+
+
+def _reap(child: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the child to end; True once it is reaped.
+
+    ``os.waitpid``, not ``Popen.wait``: Ctrl-C (or SIGTERM, raised as KeyboardInterrupt)
+    landing in ``Popen.wait`` right after it took its internal lock (CPython 3.11
+    ``Popen._wait``: ``acquire(False)``, then ``try``) leaves the lock taken, and every
+    later ``Popen.wait`` on that child blocks forever: the runner then never exits."""
+    deadline = time.monotonic() + timeout_s
+    while child.returncode is None:
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True  # reaped elsewhere
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _exit_on_sigterm(signum: int, frame: types.FrameType | None) -> None:

@@ -8,6 +8,7 @@ shared memory of the trials it stopped.
 
 from __future__ import annotations
 
+import pathlib
 import signal
 from collections.abc import Iterator
 
@@ -58,10 +59,23 @@ def _stop(runner: Runner, signum: signal.Signals) -> tuple[int, dict[int, str]]:
     return code, processes_of(runner.run_dir)
 
 
-def _training(runner: Runner) -> int:
-    trials = runner.run_dir / "trials"
-    logs = [p / "rank0.log" for p in trials.iterdir()] if trials.is_dir() else []
-    return sum("micro-batch" in log.read_text(errors="replace") for log in logs if log.exists())
+def _training_trials(run_dir: pathlib.Path) -> set[str]:
+    """Request ids of the trials whose rank processes are alive and whose rank 0 has
+    started training (its log names the micro-batch)."""
+    alive = {cmd.split("/trials/")[1].split("/")[0] for cmd in trial_processes(run_dir).values()}
+    trials = run_dir / "trials"
+    return {
+        request_id
+        for request_id in alive
+        if "micro-batch" in _read(trials / request_id / "rank0.log")
+    }
+
+
+def _read(path: pathlib.Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 @pytest.fixture(scope="module", params=SIGNALS, ids=IDS)
@@ -70,24 +84,23 @@ def stopped_mid_search(
 ) -> Iterator[Stopped]:
     """Signalled while two trials train (the profiling trial done)."""
     runner = _start(tmp_path_factory, "signal")
+    running: set[str] = set()
     try:
         run_dir = runner.run_dir
-        wait_for(
-            "two trials running",
-            lambda: len(read_trials(run_dir)) >= 1 and len(trial_processes(run_dir)) >= 2,
-            timeout=180,
-            runner=runner,
-        )
-        # Let the ranks get into DeepSpeed (gloo up, training) before stopping them.
-        wait_for("the ranks to train", lambda: _training(runner) >= 3, 60, runner)
-        running = {
-            cmd.split("/trials/")[1].split("/")[0] for cmd in trial_processes(run_dir).values()
-        }
+
+        def two_trials_training() -> bool:
+            # One snapshot, then the signal at once: trials of this tiny model end within
+            # seconds, so a set taken earlier may name a trial that has finished since.
+            running.clear()
+            running.update(_training_trials(run_dir))
+            return len(read_trials(run_dir)) >= 1 and len(running) >= 2
+
+        wait_for("two trials training", two_trials_training, timeout=240, runner=runner)
         code, left = _stop(runner, request.param)
     finally:
         runner.kill()
         kill_leftovers(runner.run_dir)
-    yield Stopped(runner, code, left, running, runner.take_leaked_shm())
+    yield Stopped(runner, code, left, set(running), runner.take_leaked_shm())
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=IDS)

@@ -41,16 +41,8 @@ def sibling(block: int, **changes: Any) -> int:
 
 
 def observation(block: int, mbs: int, fitted: bool) -> MemoryObservation:
-    activation = BASIS.activation * mbs
-    return MemoryObservation(
-        int(TABLE.stage_of[block]),
-        float(BASIS.states[block]),
-        activation,
-        float(BASIS.buckets[block]),
-        fitted,
-        activation * float(BASIS.loose[block]),
-        float(BASIS.gathered[block]),
-    )
+    terms = BASIS.terms(TABLE, np.array([block], dtype=np.int64), np.array([float(mbs)]))
+    return MemoryObservation.of(terms, fitted)
 
 
 def p_fit(surrogate: MemorySurrogate, block: int, mbs: int) -> float:

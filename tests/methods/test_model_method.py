@@ -55,15 +55,8 @@ def observe(
     """What a trial of ``block`` at ``mbs`` would teach the memory surrogate."""
     zero = table.blocks[block]
     fits = mbs <= landscape.true_max_mbs(int(zero["stage"]), zero=zero)
-    return MemoryObservation(
-        int(zero["stage"]),
-        float(basis.states[block]),
-        basis.activation * mbs,
-        float(basis.buckets[block]),
-        fits,
-        basis.activation * mbs * float(basis.loose[block]),
-        float(basis.gathered[block]),
-    )
+    terms = basis.terms(table, np.array([block], dtype=np.int64), np.array([float(mbs)]))
+    return MemoryObservation.of(terms, fits)
 
 
 def fit_probability(

@@ -11,13 +11,17 @@ import json
 import logging
 import os
 import pathlib
+import signal
+import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
 import pytest
 
+from determined_dsat.runners import warmup
 from determined_dsat.runners.devices import Slots
 from determined_dsat.runners.ext_cache import extensions_root
 from determined_dsat.runners.warmup import ops_for, warm_up_ops
@@ -151,3 +155,28 @@ def test_nothing_to_warm_starts_nothing(tmp_path: pathlib.Path) -> None:
     log = tmp_path / "warmup.log"
     assert warm_up_ops({"optimizer": {"type": "SGD"}}, Slots(ids=(0,), gpu=True), log) is True
     assert not log.exists()
+
+
+def test_stopping_does_not_need_popens_wait_lock() -> None:
+    """Ctrl-C landing in ``Popen.wait`` just after it took its internal lock leaves that
+    lock taken (CPython 3.11); a stop that waits with ``Popen.wait`` then hangs the
+    runner forever. The stop must end the child anyway, within its grace periods."""
+    ignores_sigterm = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('ready', flush=True); time.sleep(120)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", ignores_sigterm], stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    assert child._waitpid_lock.acquire(False)  # as an interrupted wait leaves it
+    stopper = threading.Thread(target=warmup._stop, args=(child,), daemon=True)
+    started = time.monotonic()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(warmup, "STOP_GRACE_S", 1.0)
+        stopper.start()
+        stopper.join(timeout=30)
+    assert not stopper.is_alive(), "stopping the warm-up hung"
+    assert time.monotonic() - started < 20
+    assert child.returncode == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)
+    child.stdout.close()

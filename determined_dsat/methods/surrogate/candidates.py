@@ -48,11 +48,8 @@ def candidates(
     the smallest that crashed or timed out.
     """
     n = len(table)
-    levels = [
-        memory.boundary(table.stage_of, basis.states, basis.buckets, z, basis.loose, basis.gathered)
-        / basis.activation
-        for z in FIT_LEVELS
-    ]
+    unit = basis.unit_terms(table)
+    levels = [memory.boundary(unit, z) / basis.activation for z in FIT_LEVELS]
     raw = np.stack(levels + [levels[0] * f for f in FRACTIONS], axis=1)
     raw = np.floor(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0))
     limits = np.clip(raw, 0.0, 1e9).astype(np.int64)

@@ -253,8 +253,8 @@ class BlockMemory:
 
     def terms(self, stage: int, activation: float) -> MemoryTerms:
         """The block's terms at ``activation`` (per-sample bytes times mbs, usable units)."""
-        return MemoryTerms(
-            stage, self.states, activation, self.buckets, activation * self.loose, self.gathered
+        return MemoryTerms.at(
+            stage, self.states, activation, self.buckets, self.loose, self.gathered
         )
 
 
@@ -291,14 +291,20 @@ class MemoryBasis:
 
     def terms(self, table: BlockTable, blocks: NDArray[np.int64], mbs: NDArray[Any]) -> MemoryTerms:
         """The memory terms of table ``blocks`` at micro-batches ``mbs``."""
-        activation = np.asarray(self.activation * np.asarray(mbs, dtype=float), dtype=float)
-        return MemoryTerms(
+        activation = self.activation * np.asarray(mbs, dtype=float)
+        return MemoryTerms.at(
             table.stage_of[blocks],
             self.states[blocks],
             activation,
             self.buckets[blocks],
-            activation * self.loose[blocks],
+            self.loose[blocks],
             self.gathered[blocks],
+        )
+
+    def unit_terms(self, table: BlockTable) -> MemoryTerms:
+        """Every block's terms at an activation term of 1 (see ``MemorySurrogate.boundary``)."""
+        return MemoryTerms.at(
+            table.stage_of, self.states, 1.0, self.buckets, self.loose, self.gathered
         )
 
     def block_numbers(

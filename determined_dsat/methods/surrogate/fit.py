@@ -92,19 +92,9 @@ def fit_all(
         outcome, spec = record.result.outcome, record.spec
         if outcome in (Outcome.OK, Outcome.OOM):
             block = basis.block_numbers(memory_model, spec.zero, width)
-            activation = basis.activation * spec.mbs
             fitted_ok = outcome is Outcome.OK
-            memory_obs.append(
-                MemoryObservation(
-                    spec.stage,
-                    block.states,
-                    activation,
-                    block.buckets,
-                    fitted_ok,
-                    activation * block.loose,
-                    block.gathered,
-                )  # fmt: skip
-            )
+            terms = block.terms(spec.stage, basis.activation * spec.mbs)
+            memory_obs.append(MemoryObservation.of(terms, fitted_ok))
             if not fitted_ok and record.result.duration_s is not None:
                 oom_s.append(record.result.duration_s)
         elif outcome.too_big and spec.kind is TrialKind.SEARCH:

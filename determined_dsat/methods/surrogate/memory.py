@@ -84,6 +84,14 @@ class MemoryObservation:
     loose: float = 0.0  # ``activation`` when the block has loose gradients, else 0
     gathered: float = 0.0  # ZeRO-3's gathered-parameter bound (bytes)
 
+    @classmethod
+    def of(cls, terms: MemoryTerms, fitted: bool) -> MemoryObservation:
+        """The observation of the one configuration ``terms`` holds."""
+        if terms.stage.shape[0] != 1:
+            raise ValueError(f"one configuration's terms expected, got {terms.stage.shape[0]}")
+        states, activation, buckets, loose, gathered = terms.columns()[0]
+        return cls(int(terms.stage[0]), states, activation, buckets, fitted, loose, gathered)
+
     @property
     def terms(self) -> tuple[float, float, float, float, float]:
         return self.states, self.activation, self.buckets, self.loose, self.gathered
@@ -112,6 +120,22 @@ class MemoryTerms:
     gathered: Array = attrs.field(converter=_float_array)
 
     @classmethod
+    def at(
+        cls,
+        stage: Any,
+        states: Any,
+        activation: Any,
+        buckets: Any,
+        loose_flag: Any,
+        gathered: Any,
+    ) -> MemoryTerms:
+        """Terms at ``activation``; ``loose_flag`` is 1 where the block keeps loose
+        gradients (its activations then carry the loose term too), else 0."""
+        activation = _float_array(activation)
+        loose = activation * _float_array(loose_flag)
+        return cls(stage, states, activation, buckets, loose, gathered)
+
+    @classmethod
     def of(cls, observations: Sequence[MemoryObservation]) -> MemoryTerms:
         return cls(
             [o.stage for o in observations],
@@ -126,12 +150,15 @@ class MemoryTerms:
 
     def phi(self) -> Array:
         """Rows ``phi`` with ``w . phi`` = predicted bytes over usable bytes."""
-        n = self.stage.shape[0]
-        phi = np.zeros((n, NUM_WEIGHTS))
-        columns = self.columns()
-        phi[np.arange(n), self.stage] = columns[:, 0]
-        phi[:, [_A, _BETA, _LOOSE, _GATHERED]] = columns[:, 1:]
-        return phi
+        return _phi(self.stage, self.columns())
+
+
+def _phi(stage: NDArray[np.int64], columns: Array) -> Array:
+    n = stage.shape[0]
+    phi = np.zeros((n, NUM_WEIGHTS))
+    phi[np.arange(n), stage] = columns[:, 0]
+    phi[:, [_A, _BETA, _LOOSE, _GATHERED]] = columns[:, 1:]
+    return phi
 
 
 def prior() -> tuple[Array, Array]:
@@ -200,11 +227,11 @@ class MemorySurrogate:
 
     def fit_probability(self, terms: MemoryTerms) -> Array:
         """Probability that each configuration fits."""
-        phi = terms.phi()
+        columns = terms.columns()
+        phi = _phi(terms.stage, columns)
         m = phi @ self.mean
         v = _quad(phi, self.cov) + NOISE**2
         p = normal.cdf((1.0 - m) / np.sqrt(v))
-        columns = terms.columns()
         p = np.where(_dominates_any(self._ok, terms.stage, columns, larger=False), 1.0, p)
         return np.where(_dominates_any(self._oom, terms.stage, columns, larger=True), 0.0, p)
 
@@ -212,21 +239,13 @@ class MemorySurrogate:
         """The posterior mean of predicted memory use, as a fraction of usable memory."""
         return np.asarray(terms.phi() @ self.mean)
 
-    def boundary(
-        self,
-        stage: Array,
-        states: Array,
-        buckets: Array,
-        z: float,
-        loose_flag: Array | float = 0.0,
-        gathered: Array | float = 0.0,
-    ) -> Array:
-        """Activation term (``activation per sample * mbs``) at which a block's fit
-        probability is ``Phi(z)``, ignoring the hard evidence; may be negative.
-        ``loose_flag``: 1 for blocks whose activations carry the loose-gradient term."""
-        phi0 = MemoryTerms(stage, states, 0.0, buckets, 0.0, gathered).phi()
+    def boundary(self, unit: MemoryTerms, z: float) -> Array:
+        """Activation term (``activation per sample * mbs``) at which each block's fit
+        probability is ``Phi(z)``, ignoring the hard evidence; may be negative. ``unit``:
+        the blocks' terms at an activation term of 1 (so its loose column is the flag)."""
+        flag = unit.loose / unit.activation
+        phi0 = attrs.evolve(unit, activation=0.0, loose=0.0).phi()
         fixed = phi0 @ self.mean
-        flag = np.broadcast_to(np.asarray(loose_flag, dtype=float), fixed.shape)
         slope = np.maximum(self.mean[_A] + self.mean[_LOOSE] * flag, 1e-6)
         # Use the spread of the fixed part plus the activation correction at the mean point.
         guess = np.maximum((1.0 - fixed) / slope, 0.0)
