@@ -38,6 +38,7 @@ from determined_dsat.runners.rank import (
     remove_shared_memory,
     spawn_rank,
 )
+from determined_dsat.runners.reap import reap_all
 from determined_dsat.settings import DEFAULT_TRIAL_TIMEOUT_S
 from determined_dsat.space.ds_config import (
     AUTOTUNING_KEY,
@@ -231,9 +232,7 @@ class LocalExecutor(TrialExecutor):
             running.killed_by_us = True
             kill_group(running.procs)
         for running in list(self._running.values()):
-            for proc in running.procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=KILL_GRACE_S)
+            reap_all(running.procs, KILL_GRACE_S)
             self._release(running)
             remove_shared_memory(running.port)
         self._running.clear()

@@ -10,11 +10,11 @@ import pathlib
 import resource
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 
 from determined_dsat.runners.ext_cache import extensions_env
 from determined_dsat.runners.orphans import die_with_parent
+from determined_dsat.runners.reap import reap_all
 
 logger = logging.getLogger("determined_dsat")
 
@@ -118,9 +118,7 @@ def kill_group(procs: Sequence[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE_S
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.05)
+    reap_all(procs, KILL_GRACE_S)
     for proc in procs:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -15,7 +15,6 @@ search may offload it or the user's ds_config does.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pathlib
@@ -31,6 +30,7 @@ from determined_dsat.runners.devices import Slots
 from determined_dsat.runners.ext_cache import extensions_env, extensions_root
 from determined_dsat.runners.ext_locks import clear_stale_locks
 from determined_dsat.runners.orphans import deathsig_available, die_with_parent, start_watchdog
+from determined_dsat.runners.reap import reap_all, send
 
 logger = logging.getLogger("determined_dsat")
 
@@ -130,39 +130,11 @@ def _run(names: list[str], env: dict[str, str], log_path: pathlib.Path, timeout_
 def _stop(child: subprocess.Popen[bytes]) -> None:
     """Stop the warm-up so that it releases torch's extension lock, then remove what a
     kill left anyway (a stale lock would hang every later op load)."""
-    _signal(child, signal.SIGTERM)
-    if not _reap(child, STOP_GRACE_S):
-        _signal(child, signal.SIGKILL)
-        _reap(child, KILL_REAP_S)
+    send(child, signal.SIGTERM)
+    if not reap_all([child], STOP_GRACE_S):
+        send(child, signal.SIGKILL)
+        reap_all([child], KILL_REAP_S)
     clear_stale_locks()
-
-
-def _signal(child: subprocess.Popen[bytes], signum: int) -> None:
-    if child.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signum)
-
-
-def _reap(child: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    """Wait up to ``timeout_s`` for the child to end; True once it is reaped.
-
-    ``os.waitpid``, not ``Popen.wait``: Ctrl-C (or SIGTERM, raised as KeyboardInterrupt)
-    landing in ``Popen.wait`` right after it took its internal lock (CPython 3.11
-    ``Popen._wait``: ``acquire(False)``, then ``try``) leaves the lock taken, and every
-    later ``Popen.wait`` on that child blocks forever: the runner then never exits."""
-    deadline = time.monotonic() + timeout_s
-    while child.returncode is None:
-        try:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-        except ChildProcessError:
-            return True  # reaped elsewhere
-        if pid == child.pid:
-            child.returncode = os.waitstatus_to_exitcode(status)
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _exit_on_sigterm(signum: int, frame: types.FrameType | None) -> None:

@@ -1,0 +1,75 @@
+"""Stopping trial ranks when ``Popen``'s wait lock was left taken by an interrupted wait."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from determined_dsat.runners import rank
+from determined_dsat.runners.reap import reap_all, reaped, send
+
+
+def _sleeper(ignore_sigterm: bool = False) -> subprocess.Popen[bytes]:
+    code = "import signal, time; "
+    if ignore_sigterm:
+        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    code += "print('ready', flush=True); time.sleep(120)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    return proc
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_kill_group_returns_once_the_ranks_end_even_with_a_leaked_wait_lock() -> None:
+    procs = [_sleeper(), _sleeper()]
+    for proc in procs:
+        assert proc._waitpid_lock.acquire(False)  # type: ignore[attr-defined]
+    started = time.monotonic()
+    rank.kill_group(procs)
+    took = time.monotonic() - started
+    # Popen.poll would report them running for the whole grace period.
+    assert took < rank.KILL_GRACE_S / 2, took
+    assert [p.returncode for p in procs] == [-signal.SIGTERM, -signal.SIGTERM]
+    assert all(_gone(p.pid) for p in procs)
+
+
+def test_kill_group_kills_a_rank_that_ignores_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rank, "KILL_GRACE_S", 0.5)
+    proc = _sleeper(ignore_sigterm=True)
+    rank.kill_group([proc])
+    assert reap_all([proc], 5.0)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_reap_all_times_out_on_a_live_process_and_leaves_it_running() -> None:
+    proc = _sleeper()
+    try:
+        started = time.monotonic()
+        assert not reap_all([proc], 0.3)
+        assert 0.3 <= time.monotonic() - started < 3.0
+        assert proc.returncode is None and not _gone(proc.pid)
+    finally:
+        send(proc, signal.SIGKILL)
+        assert reap_all([proc], 5.0)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_send_does_not_signal_a_reaped_process() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert reap_all([proc], 10.0) and proc.returncode == 0
+    send(proc, signal.SIGKILL)  # its pid may belong to someone else by now
+    assert proc.returncode == 0 and reaped(proc)
