@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 
 POLL_S = 0.02
+KILL_REAP_S = 5.0
+"""A SIGKILLed process ends within this, bar an uninterruptible wait."""
 
 
 def reaped(proc: subprocess.Popen[bytes]) -> bool:

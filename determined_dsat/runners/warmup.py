@@ -30,7 +30,7 @@ from determined_dsat.runners.devices import Slots
 from determined_dsat.runners.ext_cache import extensions_env, extensions_root
 from determined_dsat.runners.ext_locks import clear_stale_locks
 from determined_dsat.runners.orphans import deathsig_available, die_with_parent, start_watchdog
-from determined_dsat.runners.reap import reap_all, send
+from determined_dsat.runners.reap import KILL_REAP_S, reap_all, send
 
 logger = logging.getLogger("determined_dsat")
 
@@ -44,7 +44,6 @@ _BY_OPTIMIZER: dict[str, tuple[str | None, str]] = {
 _CPU_ONLY = ("ShareMemCommBuilder",)
 WARMUP_TIMEOUT_S = 1800.0
 STOP_GRACE_S = 10.0
-KILL_REAP_S = 5.0  # a SIGKILLed process ends within this, bar an uninterruptible wait
 
 
 def _offloads_optimizer(ds_config: Mapping[str, Any]) -> bool:
@@ -123,8 +122,8 @@ def _run(names: list[str], env: dict[str, str], log_path: pathlib.Path, timeout_
             raise
         finally:
             if watchdog is not None:
-                watchdog.kill()
-                watchdog.wait()
+                send(watchdog, signal.SIGKILL)
+                reap_all([watchdog], KILL_REAP_S)
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:

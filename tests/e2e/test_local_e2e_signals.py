@@ -48,7 +48,9 @@ def _start(tmp_path_factory: pytest.TempPathFactory, name: str) -> Runner:
     tmp = tmp_path_factory.mktemp(name)
     model_dir = copy_example("core_api", tmp / "model")
     run_dir = tmp / "run"
-    extra = ("--train-batch-size", "32")
+    # A long measurement window keeps two trials training together for seconds, not the
+    # few tenths of a second this tiny model's default window gives (the poll missed it).
+    extra = ("--train-batch-size", "32", "--end-profile-step", "80")
     return Runner(search_args("binary", model_dir, run_dir, 6, *extra, memory_cap=CAP_MIB), run_dir)
 
 

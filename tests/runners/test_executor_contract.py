@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from determined_dsat.runners import rank
 from determined_dsat.runners.devices import Slots
 from determined_dsat.runners.entrypoint import parse_entrypoint
 from determined_dsat.runners.executor import TrialExecutor
@@ -32,6 +34,11 @@ if outcome == "ok":
 if outcome == "oom":
     print("RuntimeError: CUDA out of memory", file=sys.stderr)
     sys.exit(1)
+if outcome == "stubborn":
+    import signal, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pathlib.Path("stubborn.ready").write_text("")
+    time.sleep(600)
 if outcome == "hang":
     import time
     time.sleep(600)
@@ -151,3 +158,21 @@ def test_the_base_class_defaults() -> None:
     minimal.load_state_dict({})
     with pytest.raises(TypeError):
         TrialExecutor()  # type: ignore[abstract]
+
+
+def test_cancel_all_waits_one_grace_period_for_all_trials(tmp_path: pathlib.Path) -> None:
+    """Trials that ignore SIGTERM are killed after one grace period in all, not one each."""
+    executor = _local(tmp_path)
+    names = ["s1", "s2", "s3"]
+    for name in names:
+        executor.launch(name, hparams("stubborn"), 1)
+    ready = [tmp_path / "run" / "trials" / name / "stubborn.ready" for name in names]
+    deadline = time.monotonic() + 60
+    while not all(p.exists() for p in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(p.exists() for p in ready)
+    started = time.monotonic()
+    executor.cancel_all()
+    took = time.monotonic() - started
+    assert executor.num_running == 0
+    assert rank.KILL_GRACE_S <= took < 2 * rank.KILL_GRACE_S, took
