@@ -15,7 +15,6 @@ import logging
 import os
 import pathlib
 import selectors
-import signal
 import subprocess
 import sys
 import time
@@ -33,13 +32,12 @@ from determined_dsat.runners.orphans import deathsig_available, die_with_parent,
 from determined_dsat.runners.outcome import TrialEnding, classify, port_clash
 from determined_dsat.runners.ports import NoFreePorts, PortAllocator, free_ports, shared_allocator
 from determined_dsat.runners.rank import (
-    KILL_GRACE_S,
     kill_group,
     rank_env,
     remove_shared_memory,
     spawn_rank,
 )
-from determined_dsat.runners.reap import KILL_REAP_S, reap_all, send
+from determined_dsat.runners.reap import KILL_REAP_S, kill, reap_all
 from determined_dsat.settings import DEFAULT_TRIAL_TIMEOUT_S
 from determined_dsat.space.ds_config import (
     AUTOTUNING_KEY,
@@ -233,9 +231,10 @@ class LocalExecutor(TrialExecutor):
         for running in trials:
             running.killed_by_us = True
         # One grace period for all of them: Ctrl-C with 16 trials running must not take 16.
-        kill_group([proc for running in trials for proc in running.procs])
+        procs = [proc for running in trials for proc in running.procs]
+        kill_group(procs)
+        reap_all(procs, KILL_REAP_S)
         for running in trials:
-            reap_all(running.procs, KILL_GRACE_S)
             self._release(running)
             remove_shared_memory(running.port)
         self._running.clear()
@@ -390,8 +389,7 @@ class LocalExecutor(TrialExecutor):
         running.pidfds.clear()
         self._ports.release(running.request_id)
         if running.watchdog is not None:
-            send(running.watchdog, signal.SIGKILL)
-            reap_all([running.watchdog], KILL_REAP_S)
+            kill(running.watchdog)
             running.watchdog = None
         if not keep_slots:
             self._free_slots(running)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -44,6 +45,12 @@ def reap_all(procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> bool
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_S)
+
+
+def kill(proc: subprocess.Popen[bytes]) -> bool:
+    """SIGKILL ``proc`` (unless reaped) and reap it; True once it has ended."""
+    send(proc, signal.SIGKILL)
+    return reap_all([proc], KILL_REAP_S)
 
 
 def send(proc: subprocess.Popen[bytes], signum: int) -> None:

@@ -30,7 +30,7 @@ from determined_dsat.runners.devices import Slots
 from determined_dsat.runners.ext_cache import extensions_env, extensions_root
 from determined_dsat.runners.ext_locks import clear_stale_locks
 from determined_dsat.runners.orphans import deathsig_available, die_with_parent, start_watchdog
-from determined_dsat.runners.reap import KILL_REAP_S, reap_all, send
+from determined_dsat.runners.reap import kill, reap_all, send
 
 logger = logging.getLogger("determined_dsat")
 
@@ -122,8 +122,7 @@ def _run(names: list[str], env: dict[str, str], log_path: pathlib.Path, timeout_
             raise
         finally:
             if watchdog is not None:
-                send(watchdog, signal.SIGKILL)
-                reap_all([watchdog], KILL_REAP_S)
+                kill(watchdog)
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
@@ -131,8 +130,7 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
     kill left anyway (a stale lock would hang every later op load)."""
     send(child, signal.SIGTERM)
     if not reap_all([child], STOP_GRACE_S):
-        send(child, signal.SIGKILL)
-        reap_all([child], KILL_REAP_S)
+        kill(child)
     clear_stale_locks()
 
 

@@ -35,11 +35,10 @@ if outcome == "oom":
     print("RuntimeError: CUDA out of memory", file=sys.stderr)
     sys.exit(1)
 if outcome == "stubborn":
-    import signal, time
+    import signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     pathlib.Path("stubborn.ready").write_text("")
-    time.sleep(600)
-if outcome == "hang":
+if outcome in ("hang", "stubborn"):
     import time
     time.sleep(600)
 print("Traceback (most recent call last):\\nValueError: broken", file=sys.stderr)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from determined_dsat.runners import rank
-from determined_dsat.runners.reap import reap_all, reaped, send
+from determined_dsat.runners.reap import kill, reap_all, reaped, send
 
 
 def _sleeper(ignore_sigterm: bool = False) -> subprocess.Popen[bytes]:
@@ -73,3 +73,10 @@ def test_send_does_not_signal_a_reaped_process() -> None:
     assert reap_all([proc], 10.0) and proc.returncode == 0
     send(proc, signal.SIGKILL)  # its pid may belong to someone else by now
     assert proc.returncode == 0 and reaped(proc)
+
+
+def test_kill_ends_a_process_that_ignores_sigterm() -> None:
+    proc = _sleeper(ignore_sigterm=True)
+    assert kill(proc)
+    assert proc.returncode == -signal.SIGKILL and _gone(proc.pid)
+    assert kill(proc)  # already reaped: nothing is sent to whoever has its pid now
