@@ -20,6 +20,10 @@ from collections.abc import Sequence
 POLL_S = 0.02
 KILL_REAP_S = 5.0
 """A SIGKILLed process ends within this, bar an uninterruptible wait."""
+LOST_EXIT_CODE = 255
+"""The exit code given to a child that something else reaped: it has ended, but how is
+unknown, so it must not read as a clean exit (0), and ``returncode`` must stop being
+None, or a later :func:`send` would signal whoever has its pid now."""
 
 
 def reaped(proc: subprocess.Popen[bytes]) -> bool:
@@ -29,7 +33,8 @@ def reaped(proc: subprocess.Popen[bytes]) -> bool:
     try:
         pid, status = os.waitpid(proc.pid, os.WNOHANG)
     except ChildProcessError:
-        return True  # reaped elsewhere: its exit code is no longer ours to read
+        proc.returncode = LOST_EXIT_CODE
+        return True
     if pid != proc.pid:
         return False
     proc.returncode = os.waitstatus_to_exitcode(status)

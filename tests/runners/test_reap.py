@@ -11,7 +11,7 @@ import time
 import pytest
 
 from determined_dsat.runners import rank
-from determined_dsat.runners.reap import kill, reap_all, reaped, send
+from determined_dsat.runners.reap import LOST_EXIT_CODE, kill, reap_all, reaped, send
 
 
 def _sleeper(ignore_sigterm: bool = False) -> subprocess.Popen[bytes]:
@@ -80,3 +80,12 @@ def test_kill_ends_a_process_that_ignores_sigterm() -> None:
     assert kill(proc)
     assert proc.returncode == -signal.SIGKILL and _gone(proc.pid)
     assert kill(proc)  # already reaped: nothing is sent to whoever has its pid now
+
+
+def test_a_child_reaped_elsewhere_ends_with_a_code_that_is_not_a_clean_exit() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitpid(proc.pid, 0)  # as a stray wait elsewhere in the process would
+    assert reaped(proc)
+    assert proc.returncode == LOST_EXIT_CODE != 0
+    send(proc, signal.SIGKILL)  # not sent: the pid is no longer this child's
+    assert kill(proc) and proc.returncode == LOST_EXIT_CODE
