@@ -32,6 +32,7 @@ from determined_dsat.methods.spec import (
     at_least,
     range_factor,
 )
+from determined_dsat.methods.trial_cost import ProposalCost, tied
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import TrialRecord
 from determined_dsat.trials.view import TrackerView
@@ -105,16 +106,7 @@ class AshaPolicy(SearchPolicy):
         return max(scores, default=_NO_SCORE)
 
     def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
-        proposals: list[Proposal] = []
-        idle = sorted(self.book.idle_open(view), key=lambda lid: -self.rung_of[lid])
-        for lid in idle:
-            if len(proposals) >= capacity:
-                return proposals
-            if lid in self.ended or view.lineage_size(lid) >= self.budget(self.rung_of[lid]):
-                continue
-            step = self._step(view, lid, self.rung_of[lid])
-            if step is not None:
-                proposals.append(step)
+        proposals = self._continue_idle(view, capacity)
         while len(proposals) < capacity:
             step = self._promote(view)
             if step is None:
@@ -131,6 +123,26 @@ class AshaPolicy(SearchPolicy):
             proposals.append(fresh)
         return proposals
 
+    def _continue_idle(self, view: TrackerView, capacity: int) -> list[Proposal]:
+        """The next steps of idle lineages with budget left in their rung, higher rungs
+        first; within a rung, the cheapest when not all fit (``trial_cost.py``)."""
+        waiting = [
+            lid
+            for lid in self.book.idle_open(view)
+            if lid not in self.ended and view.lineage_size(lid) < self.budget(self.rung_of[lid])
+        ]
+        steps = [
+            step
+            for lid in waiting
+            if (step := self._step(view, lid, self.rung_of[lid])) is not None
+        ]
+        if len(steps) <= capacity:
+            return steps
+        cost = ProposalCost.of(view, self.space)
+        seconds = [cost.seconds(step) or 0.0 for step in steps]
+        ranked = sorted(range(len(steps)), key=lambda i: (-steps[i].rung, seconds[i], i))
+        return [steps[i] for i in ranked[:capacity]]
+
     def _step(self, view: TrackerView, lid: str, rung: int) -> Proposal | None:
         latest = view.latest_in_lineage(lid)
         step = None if latest is None else bisection_step(latest, self.space, rung, view)
@@ -140,19 +152,48 @@ class AshaPolicy(SearchPolicy):
         return step
 
     def _promote(self, view: TrackerView) -> Proposal | None:
+        """The next step of the best lineage that may go up a rung, from the highest rung
+        that has one; of lineages tied with it within noise, the one whose step is
+        cheapest (``trial_cost.py``)."""
         for rung in reversed(range(self.options.max_rungs - 1)):
             entries = self.completed[rung]
             top = len(entries) // self.options.divisor
-            for _, _, lid in entries[:top]:
-                if self.rung_of[lid] != rung or lid in self.ended:
-                    continue
-                if view.is_running(_latest_id(view, lid)):
-                    continue
-                self.rung_of[lid] = rung + 1
-                step = self._step(view, lid, rung + 1)
+            waiting = [
+                (-negated, lid)
+                for negated, _, lid in entries[:top]
+                if self.rung_of[lid] == rung
+                and lid not in self.ended
+                and not view.is_running(_latest_id(view, lid))
+            ]
+            while waiting:
+                best = waiting[0][0]
+                ties = [lid for score, lid in waiting if lid == waiting[0][1] or tied(best, score)]
+                step = self._cheapest_promotion(view, ties, rung + 1)
                 if step is not None:
                     return step
+                waiting = [(score, lid) for score, lid in waiting if lid not in ties]
         return None
+
+    def _cheapest_promotion(self, view: TrackerView, ties: list[str], rung: int) -> Proposal | None:
+        """Promote the tied lineage whose next step costs least (the first of equals); the
+        ones with no step left end. None when none has a step."""
+        steps: list[Proposal] = []
+        for lid in ties:
+            latest = view.latest_in_lineage(lid)
+            step = None if latest is None else bisection_step(latest, self.space, rung, view)
+            if step is None:
+                self.rung_of[lid] = rung
+                self.ended.add(lid)
+                self.book.close(lid)
+            else:
+                steps.append(step)
+        if not steps:
+            return None
+        chosen = (
+            ProposalCost.of(view, self.space).cheapest(steps, 1)[0] if len(steps) > 1 else steps[0]
+        )
+        self.rung_of[chosen.lineage_id] = rung
+        return chosen
 
     def state_dict(self) -> dict[str, Any]:
         return {

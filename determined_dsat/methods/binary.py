@@ -21,6 +21,7 @@ from determined_dsat.methods.lineage import (
     start_lineage,
 )
 from determined_dsat.methods.spec import MethodSpec, add_search_range_factor, range_factor
+from determined_dsat.methods.trial_cost import ProposalCost
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.view import TrackerView
 
@@ -52,7 +53,10 @@ class BinaryPolicy(SearchPolicy):
             factor = self.options.search_range_factor
             return start_lineage(self.book, self.space, view, zero, factor)
 
-        return continue_then_start(self.book, view, capacity, next_step, new_lineage)
+        def cost() -> ProposalCost:
+            return ProposalCost.of(view, self.space)
+
+        return continue_then_start(self.book, view, capacity, next_step, new_lineage, cost)
 
     def state_dict(self) -> dict[str, Any]:
         return {"book": self.book.state_dict()}

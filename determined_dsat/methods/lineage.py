@@ -14,6 +14,7 @@ import numpy as np
 
 from determined_dsat.methods import bisect
 from determined_dsat.methods.base import Proposal
+from determined_dsat.methods.trial_cost import ProposalCost
 from determined_dsat.space.batch import SearchBounds
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.memory import ModelProfile
@@ -89,18 +90,24 @@ def continue_then_start(
     capacity: int,
     next_step: Callable[[str], Proposal | None],
     new_lineage: Callable[[], Proposal | None],
+    cost: Callable[[], ProposalCost] | None = None,
 ) -> list[Proposal]:
     """Up to ``capacity`` proposals: the next step of each idle open lineage (closing those
-    with none left), then new lineages until capacity or ideas run out."""
+    with none left), then new lineages until capacity or ideas run out. When more idle
+    lineages wait than there is room for, the cheapest steps by ``cost`` go first."""
+    idle = book.idle_open(view)
+    choose = cost is not None and len(idle) > capacity
     proposals: list[Proposal] = []
-    for lineage_id in book.idle_open(view):
-        if len(proposals) >= capacity:
+    for lineage_id in idle:
+        if len(proposals) >= capacity and not choose:
             return proposals
         step = next_step(lineage_id)
         if step is None:
             book.close(lineage_id)
         else:
             proposals.append(step)
+    if cost is not None and len(proposals) > capacity:
+        return cost().cheapest(proposals, capacity)
     while len(proposals) < capacity:
         fresh = new_lineage()
         if fresh is None:

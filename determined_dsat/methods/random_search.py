@@ -29,6 +29,7 @@ from determined_dsat.methods.lineage import (
     start_lineage,
 )
 from determined_dsat.methods.spec import MethodSpec, add_option, at_least
+from determined_dsat.methods.trial_cost import ProposalCost
 from determined_dsat.space.batch import SearchBounds
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import TrialRecord
@@ -60,6 +61,7 @@ class RandomPolicy(SearchPolicy):
             capacity,
             lambda lineage_id: self._continue(view, lineage_id, rng),
             lambda: self._new_lineage(view, rng),
+            lambda: ProposalCost.of(view, self.space),
         )
 
     def stop_reason(self, view: TrackerView) -> str | None:
@@ -123,19 +125,26 @@ class RandomPolicy(SearchPolicy):
         )
 
     def _warm_bounds(self, view: TrackerView, stage: int) -> SearchBounds | None:
-        """Start above the stage's best micro-batch once one is known: larger tends to be faster."""
+        """Start above the stage's best micro-batch once one is known (larger tends to be
+        faster), but below the stage's out-of-memory frontier: other knobs move memory use
+        only a little, so a draw above it would almost surely run out of memory. With no
+        room left there, the new configuration runs at the best's micro-batch, a direct
+        comparison of its knobs."""
         best = view.best_for_stage(stage)
         if best is None or best.spec.bounds is None:
             return None
         lo = best.spec.mbs + 1
-        largest_ok = view.max_successful_mbs(stage) or lo
-        hi = max(largest_ok, best.spec.bounds.hi, 2 * lo)
+        largest_ok, first_oom = view.memory_evidence(stage)
+        hi = max(largest_ok or lo, best.spec.bounds.hi, 2 * lo)
+        hard = False
         cap = self.space.grid.max_mbs
-        if cap is not None:
-            hi = min(hi, cap)
+        if cap is not None and hi >= cap:
+            hi, hard = cap, True
+        if first_oom is not None and first_oom <= hi:
+            hi, hard = first_oom - 1, True
         if self.space.grid.count_in(lo, hi) == 0:
-            return None
-        return SearchBounds(lo=lo, hi=hi, hi_is_hard=cap is not None and hi >= cap)
+            return SearchBounds(lo=best.spec.mbs, hi=best.spec.mbs, hi_is_hard=True)
+        return SearchBounds(lo=lo, hi=hi, hi_is_hard=hard)
 
     def _draw_mbs(self, bounds: SearchBounds, rng: np.random.Generator) -> int:
         grid = self.space.grid

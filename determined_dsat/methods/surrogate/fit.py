@@ -118,7 +118,7 @@ def fit_all(
     runs, proxies = [], []
     smaller = view.metric.smaller_is_better
     for record, obs in zip(trained, observations):
-        run = _trained_run(record, slots, view.metric, default_steps)
+        run = trained_run(record, slots, view.metric, default_steps)
         if run is not None:
             runs.append(run)
             proxies.append(
@@ -146,9 +146,11 @@ def _no_throughput(table: BlockTable, metric: Metric) -> ThroughputSurrogate:
     return ThroughputSurrogate(prior_mean, prior_sd, table.gas_column, [], metric)
 
 
-def _trained_run(
+def trained_run(
     record: TrialRecord, slots: int, metric: Metric, default_steps: float
 ) -> TrainedRun | None:
+    """A trial's wall seconds, samples per step and throughput (samples/s, from the
+    latency when no throughput was reported); None without a duration or a rate."""
     result = record.result
     if result is None or result.duration_s is None:
         return None
