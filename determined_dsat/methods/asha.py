@@ -179,12 +179,9 @@ class AshaPolicy(SearchPolicy):
         ones with no step left end. None when none has a step."""
         steps: list[Proposal] = []
         for lid in ties:
-            latest = view.latest_in_lineage(lid)
-            step = None if latest is None else bisection_step(latest, self.space, rung, view)
+            step = self._step(view, lid, rung)
             if step is None:
                 self.rung_of[lid] = rung
-                self.ended.add(lid)
-                self.book.close(lid)
             else:
                 steps.append(step)
         if not steps:

@@ -53,10 +53,14 @@ class BinaryPolicy(SearchPolicy):
             factor = self.options.search_range_factor
             return start_lineage(self.book, self.space, view, zero, factor)
 
-        def cost() -> ProposalCost:
-            return ProposalCost.of(view, self.space)
-
-        return continue_then_start(self.book, view, capacity, next_step, new_lineage, cost)
+        return continue_then_start(
+            self.book,
+            view,
+            capacity,
+            next_step,
+            new_lineage,
+            lambda: ProposalCost.of(view, self.space),
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"book": self.book.state_dict()}

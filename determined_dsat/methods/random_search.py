@@ -76,7 +76,7 @@ class RandomPolicy(SearchPolicy):
         latest = view.latest_in_lineage(lineage_id)
         if latest is None or self._lineage_done(view, lineage_id, latest):
             return None
-        bounds = remaining_bounds(latest, self.space)
+        bounds = self._below_frontier(view, remaining_bounds(latest, self.space), latest.spec.stage)
         if bounds is None:
             below = refinement_mbs(view, latest, self.space)
             if below is None:
@@ -145,6 +145,19 @@ class RandomPolicy(SearchPolicy):
         if self.space.grid.count_in(lo, hi) == 0:
             return SearchBounds(lo=best.spec.mbs, hi=best.spec.mbs, hi_is_hard=True)
         return SearchBounds(lo=lo, hi=hi, hi_is_hard=hard)
+
+    def _below_frontier(
+        self, view: TrackerView, bounds: SearchBounds | None, stage: int
+    ) -> SearchBounds | None:
+        """A lineage's remaining range, capped below the smallest micro-batch that ran out
+        of memory at its stage, which other configurations may have found after the
+        lineage began (see ``_warm_bounds``); None when nothing is left below it."""
+        first_oom = view.memory_evidence(stage)[1]
+        if bounds is None or first_oom is None or first_oom > bounds.hi:
+            return bounds
+        if self.space.grid.count_in(bounds.lo, first_oom - 1) == 0:
+            return None
+        return SearchBounds(lo=bounds.lo, hi=first_oom - 1, hi_is_hard=True)
 
     def _draw_mbs(self, bounds: SearchBounds, rng: np.random.Generator) -> int:
         grid = self.space.grid

@@ -63,8 +63,10 @@ class ProposalCost:
                 continue
             if result.outcome is Outcome.OOM and result.duration_s is not None:
                 ooms.append(result.duration_s)
+            if result.outcome is not Outcome.OK:
+                continue
             run = trained_run(record, slots, view.metric, steps)
-            if result.outcome is not Outcome.OK or run is None:
+            if run is None:
                 continue
             runs.append(run)
             spec = record.spec
