@@ -134,24 +134,23 @@ class RandomPolicy(SearchPolicy):
         if best is None or best.spec.bounds is None:
             return None
         lo = best.spec.mbs + 1
-        largest_ok, first_oom = view.memory_evidence(stage)
-        hi = max(largest_ok or lo, best.spec.bounds.hi, 2 * lo)
+        hi = max(view.max_successful_mbs(stage) or lo, best.spec.bounds.hi, 2 * lo)
         hard = False
         cap = self.space.grid.max_mbs
         if cap is not None and hi >= cap:
             hi, hard = cap, True
-        if first_oom is not None and first_oom <= hi:
-            hi, hard = first_oom - 1, True
-        if self.space.grid.count_in(lo, hi) == 0:
+        bounds = self._below_frontier(view, SearchBounds(lo=lo, hi=hi, hi_is_hard=hard), stage)
+        if bounds is None or self.space.grid.count_in(bounds.lo, bounds.hi) == 0:
             return SearchBounds(lo=best.spec.mbs, hi=best.spec.mbs, hi_is_hard=True)
-        return SearchBounds(lo=lo, hi=hi, hi_is_hard=hard)
+        return bounds
 
     def _below_frontier(
         self, view: TrackerView, bounds: SearchBounds | None, stage: int
     ) -> SearchBounds | None:
         """A lineage's remaining range, capped below the smallest micro-batch that ran out
         of memory at its stage, which other configurations may have found after the
-        lineage began (see ``_warm_bounds``); None when nothing is left below it."""
+        lineage began; ``_warm_bounds`` caps a new lineage the same way. None when nothing
+        is left below it."""
         first_oom = view.memory_evidence(stage)[1]
         if bounds is None or first_oom is None or first_oom > bounds.hi:
             return bounds

@@ -78,7 +78,7 @@ class ProposalCost:
 
     def seconds(self, proposal: Proposal) -> float | None:
         """The proposal's wall seconds if it trains; None before anything trained."""
-        if self.model is None or not self.measured:
+        if self.model is None:
             return None
         gas = self.space.grid.batch_config(proposal.mbs).gradient_accumulation_steps
         samples = proposal.mbs * gas * self.space.grid.slots
