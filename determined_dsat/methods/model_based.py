@@ -168,6 +168,7 @@ class ModelPolicy(SearchPolicy):
             busy=busy,
             tried=tried,
             fail_from=fitted.fail_from,
+            gaps=fitted.gaps,
         )
         if cand_block.size == 0:
             return Plan(None, empty, empty, bool(fitted.trained))
@@ -196,6 +197,9 @@ class ModelPolicy(SearchPolicy):
         has_incumbent = scorer.incumbent is not None
         risky_stages: set[int] = set()
         for record in running:
+            gap = fitted.gaps.get(record.spec.stage)
+            if gap is not None and record.spec.mbs >= gap.collapsed:
+                continue  # it will collapse too: believing its mean would raise the incumbent
             if self._believe_running(scorer, fitted, record) < SAFE_FIT_PROBABILITY:
                 risky_stages.add(record.spec.stage)
         return Plan(
@@ -245,8 +249,13 @@ class ModelPolicy(SearchPolicy):
         # its expected improvement decayed slowly (the examples' GPT: 31 search trials
         # instead of 11, docs/benchmarks.md); so shorter windows save wall time without
         # changing which trials are worth running.
-        seconds = fitted.cost.expected_s(fitted.cost.step_s(proxy), fit)
-        return np.asarray(seconds / fitted.cost.typical_s, dtype=float)
+        cost = fitted.cost
+        if not cost.calibrated and proxy.size:
+            # Nothing trained yet: the proxy's scale is the prior's (see surrogate/cost.py).
+            promising = int(np.argmax(fit * np.exp(scorer.mixture_mean())))
+            cost = cost.assume_step_at(float(proxy[promising]))
+        seconds = cost.expected_s(cost.step_s(proxy), fit)
+        return np.asarray(seconds / cost.typical_s, dtype=float)
 
     def _memory_model(self, view: TrackerView) -> MemoryModel:
         assert view.profile is not None

@@ -103,3 +103,45 @@ def test_durations_that_do_not_follow_the_step_time_make_every_trial_cost_the_sa
     assert model.steps == pytest.approx(0.0, abs=1e-9)
     small, big = model.trained_s(np.array([1 / 20.0, 120 / 20.0]))
     assert small == pytest.approx(1.0) and big == pytest.approx(1.0)
+
+
+def test_the_scale_is_uncalibrated_until_a_trial_trains() -> None:
+    assert not CostModel.fit([], [], profile_s=30.0, default_steps=6.0).calibrated
+    trained = [run(20.0, 6.0, 64.0, 32.0)]
+    assert CostModel.fit(trained, [], 20.0, 6.0, proxies=[1.0]).calibrated
+
+
+@given(
+    startup=st.floats(1.0, 200.0),
+    steps=st.floats(1.0, 50.0),
+    reference=st.floats(1e-6, 1e6),
+    other=st.floats(1e-6, 1e6),
+)
+def test_uncalibrated_cost_makes_the_reference_steps_as_long_as_the_startup(
+    startup: float, steps: float, reference: float, other: float
+) -> None:
+    """Scale-free before any trial trained: the reference trial costs two startups, and
+    no trial costs less than one, whatever units the prior throughput is in."""
+    model = CostModel.fit([], [], profile_s=startup, default_steps=steps)
+    assumed = model.assume_step_at(reference)
+    seconds = assumed.trained_s(assumed.step_s(np.array([reference, other])))
+    assert seconds[0] == pytest.approx(2.0 * startup, rel=1e-9)
+    assert seconds[1] >= startup
+    if other <= reference:
+        assert seconds[1] <= 2.0 * startup * (1 + 1e-9)
+
+
+def test_a_calibrated_scale_is_kept() -> None:
+    trained = [run(20.0, 6.0, 64.0, 32.0)]
+    model = CostModel.fit(trained, [], 20.0, 6.0, proxies=[0.5])
+    assert model.assume_step_at(1e6) == model
+
+
+def test_trials_shorter_than_their_default_steps_are_still_reproduced() -> None:
+    """A trial of 1 s whose throughput says 6 default steps take 1.8 s: fewer steps ran
+    (or a replay's clock is not a step clock). The startup floor and the steps are set so
+    the model gives that trial its own duration, not 1.8 s plus a floor."""
+    trained = [TrainedRun(1.0, 25.0, 83.6)]
+    model = CostModel.fit(trained, [], profile_s=1.0, default_steps=6.0)
+    assert model.startup_s == pytest.approx(MIN_STARTUP_FRACTION * 1.0)
+    assert model.trained_s(np.array([trained[0].step_s]))[0] == pytest.approx(1.0)

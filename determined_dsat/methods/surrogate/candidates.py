@@ -5,7 +5,10 @@ the memory surrogate says it fits with probability 99.5 %, 98 %, ..., 16 %), at 
 of the safe one, at the smallest allowed micro-batch, and next to the block's own earlier
 trials (just above the largest that trained, just below the smallest that did not); all
 snapped down to the micro-batch grid. Blocks with a running trial, micro-batches at or
-above a crash of the block, and configurations already tried are left out.
+above a crash of the block, and configurations already tried are left out. Where a
+stage's throughput collapsed (``collapse.py``), its blocks are bisected: nothing from the
+collapse up, and between the largest micro-batch that trained below it and the collapse
+only the geometric midpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from numpy.typing import NDArray
 
+from determined_dsat.methods.surrogate.collapse import Gap
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis
 from determined_dsat.methods.surrogate.memory import MemorySurrogate
 from determined_dsat.space.batch import MicroBatchGrid
@@ -40,6 +44,7 @@ def candidates(
     busy: Iterable[int] = (),
     tried: Iterable[tuple[int, int]] = (),
     fail_from: Mapping[int, int] | None = None,
+    gaps: Mapping[int, Gap] | None = None,
 ) -> tuple[IntArray, IntArray]:
     """Every (block, micro-batch) worth scoring, as two arrays.
 
@@ -53,7 +58,12 @@ def candidates(
     raw = np.stack(levels + [levels[0] * f for f in FRACTIONS], axis=1)
     raw = np.floor(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0))
     limits = np.clip(raw, 0.0, 1e9).astype(np.int64)
-    extra = np.array(list(neighbours), dtype=np.int64).reshape(-1, 2)
+    midpoints = [
+        (block, gap.midpoint)
+        for stage, gap in (gaps or {}).items()
+        for block in np.flatnonzero(table.stage_of == stage)
+    ]
+    extra = np.array([*neighbours, *midpoints], dtype=np.int64).reshape(-1, 2)
     blocks = np.concatenate(
         [np.repeat(np.arange(n, dtype=np.int64), limits.shape[1]), extra[:, 0], np.arange(n)]
     ).astype(np.int64)
@@ -68,6 +78,10 @@ def candidates(
     for block, mbs in (fail_from or {}).items():
         fail[block] = mbs
     keep = mbs_of < fail[block_of]
+    for stage, gap in (gaps or {}).items():
+        at_stage = table.stage_of[block_of] == stage
+        inside = (mbs_of > gap.trained) & (mbs_of != snap_down(grid, np.array([gap.midpoint]))[0])
+        keep &= ~(at_stage & ((mbs_of >= gap.collapsed) | inside))
     keep &= ~np.isin(block_of, np.array(sorted(busy), dtype=np.int64))
     done = [b * _PAIR + m for b, m in tried]
     if done:

@@ -14,10 +14,20 @@ before any search trial has finished. A trial that runs out of memory fails duri
 first step: it costs the median of the OOM trials seen, or the startup before there is
 one. The search ranks candidates by expected
 improvement per expected second with these costs.
+
+Before anything trained, the throughput surrogate's scale is its prior's, not the
+model's, so step seconds computed from it mean nothing: a prior throughput of a fraction
+of a sample per second made a micro-batch of 40 look 70 trials long and sent the first
+probe to micro-batch 1-4, a trial that measures a fraction of the optimum. Until a trial
+calibrates ``scale``, the cost is scale-free instead (:meth:`CostModel.assume_step_at`):
+the steps of the most promising candidate are assumed to take as long as the startup,
+so smaller micro-batches are at most half as dear and the first probe goes where the
+value is, at no more than twice the cost of the cheapest.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -70,6 +80,8 @@ class CostModel:
     steps: float
     oom_s: float
     scale: float = 1.0
+    calibrated: bool = True
+    """Whether ``scale`` was fitted to trials that trained (see :meth:`assume_step_at`)."""
 
     @classmethod
     def fit(
@@ -87,7 +99,15 @@ class CostModel:
         oom = statistics.median(oom_durations) if oom_durations else startup
         ratios = [r.step_s / p for r, p in zip(trained, proxies) if p > 0]
         scale = statistics.median(ratios) if ratios else 1.0
-        return cls(startup, steps, max(oom, 1e-3), scale)
+        return cls(startup, steps, max(oom, 1e-3), scale, calibrated=bool(ratios))
+
+    def assume_step_at(self, reference_proxy: float) -> CostModel:
+        """Uncalibrated: the scale at which the steps of a trial whose :func:`step_proxy`
+        is ``reference_proxy`` take as long as the startup (calibrated: unchanged)."""
+        if self.calibrated or not reference_proxy > 0.0 or not math.isfinite(reference_proxy):
+            return self
+        scale = self.startup_s / (max(self.steps, 1e-9) * reference_proxy)
+        return attrs.evolve(self, scale=scale)
 
     def step_s(self, proxy: Array) -> Array:
         """Step seconds from :func:`step_proxy`."""
@@ -128,5 +148,11 @@ def _fit_trained(
         steps = statistics.median((r.duration_s - startup) / r.window_step_s for r in runs)
         return startup, max(float(steps), 1.0)
     steps = default_steps
-    startup = statistics.median(r.duration_s - steps * r.window_step_s for r in runs)
-    return max(float(startup), MIN_STARTUP_FRACTION * shortest), steps
+    startup = float(statistics.median(r.duration_s - steps * r.window_step_s for r in runs))
+    floor = MIN_STARTUP_FRACTION * shortest
+    if startup < floor:
+        # The trials took less than their steps at the default count would: fewer steps
+        # ran (or a replay's clock is not a step clock). Keep the durations reproduced.
+        startup = floor
+        steps = float(statistics.median((r.duration_s - floor) / r.window_step_s for r in runs))
+    return startup, steps

@@ -4,7 +4,8 @@ configurations fit), throughput (how fast they train) and cost (how long they ta
 Every finished trial that trained or ran out of memory is memory evidence; every one that
 trained is a throughput observation (search trials, re-measurements and the baseline
 alike: a re-measurement is what tells noise from signal). A crash or timeout rules out
-that micro-batch and every larger one of its block.
+that micro-batch and every larger one of its block. A search trial whose throughput
+collapsed (``collapse.py``) is memory evidence but no throughput observation.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import attrs
 import numpy as np
 from numpy.typing import NDArray
 
+from determined_dsat.methods.surrogate.collapse import Gap, find_collapses
 from determined_dsat.methods.surrogate.cost import CostModel, TrainedRun, step_proxy
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, fill_mbs_features
 from determined_dsat.methods.surrogate.memory import (
@@ -49,6 +51,7 @@ class Fitted:
     trained: list[TrialRecord]
     fail_from: dict[int, int]  # block -> smallest micro-batch that crashed or timed out
     width: int  # bytes per element of the training precision
+    gaps: dict[int, Gap] = attrs.field(factory=dict)  # stage -> its throughput collapse
 
     def memory_terms(self, zero: Mapping[str, Any], mbs: int) -> MemoryTerms:
         """The memory terms of any configuration, in usable bytes."""
@@ -105,10 +108,12 @@ def fit_all(
         searched_stage = spec.stage in table.stages  # the baseline may be at another stage
         if searched_stage and score is not None and log_metric(view.metric, score) is not None:
             trained.append(record)
+    collapses = find_collapses(view, trained)
+    trained = [r for r in trained if r.spec.request_id not in collapses.ids]
     memory = MemorySurrogate(memory_obs)
     partial = Fitted(
         memory, _no_throughput(table, view.metric), CostModel(1.0, default_steps, 1.0),
-        basis, memory_model, trained, fail_from, width,
+        basis, memory_model, trained, fail_from, width, collapses.gaps,
     )  # fmt: skip
     observations = [_observation(partial, table, view, r) for r in trained]
     prior_mean, prior_sd = table.prior()
