@@ -240,9 +240,8 @@ class ModelPolicy(SearchPolicy):
     ) -> Array:
         """Each candidate's expected seconds, in units of a typical trial."""
         samples = (mbs * gas * self.space.grid.slots).astype(float)
-        proxy = step_proxy(
-            scorer.mixture_mean(), samples, fitted.throughput.metric.smaller_is_better
-        )
+        mean = scorer.mixture_mean()
+        proxy = step_proxy(mean, samples, fitted.throughput.metric.smaller_is_better)
         # At the fixed window's steps, even when windows are chosen per trial: the stopping
         # threshold is a gain per trial of that length. Costed at their shorter windows,
         # trials at large micro-batches looked cheap enough to keep the search going while
@@ -252,7 +251,7 @@ class ModelPolicy(SearchPolicy):
         cost = fitted.cost
         if not cost.calibrated and proxy.size:
             # Nothing trained yet: the proxy's scale is the prior's (see surrogate/cost.py).
-            promising = int(np.argmax(fit * np.exp(scorer.mixture_mean())))
+            promising = int(np.argmax(fit * np.exp(mean)))
             cost = cost.assume_step_at(float(proxy[promising]))
         seconds = cost.expected_s(cost.step_s(proxy), fit)
         return np.asarray(seconds / cost.typical_s, dtype=float)
