@@ -68,9 +68,10 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
         "is inflated at ZeRO-3)", choices=metrics, metavar="METRIC",
         default=Metric.THROUGHPUT.value,
     )  # fmt: skip
-    _opt(p, "--time-budget", "end the search once another trial would overrun this many "
-         "seconds of wall time; the best so far is still re-measured and written (default: "
-         "no limit; a resumed search continues with what is left)", type=float,
+    _opt(p, "--time-budget", "end the search once every trial left would overrun this many "
+         "seconds of wall time (each trial costed on its own); the best so far is still "
+         "re-measured and written (default: no limit; a resumed search continues with what "
+         "is left)", type=float,
          metavar="SECONDS")  # fmt: skip
     _opt(p, "--run-full-experiment", "after the search, train fully with the best config",
          action="store_true")  # fmt: skip

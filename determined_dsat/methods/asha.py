@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import bisect as _bisect
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,7 +33,7 @@ from determined_dsat.methods.spec import (
     at_least,
     range_factor,
 )
-from determined_dsat.methods.trial_cost import ProposalCost, tied
+from determined_dsat.methods.trial_cost import ProposalCost, TimeLimit, tied
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import TrialRecord
 from determined_dsat.trials.view import TrackerView
@@ -106,9 +107,11 @@ class AshaPolicy(SearchPolicy):
         return max(scores, default=_NO_SCORE)
 
     def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
-        proposals = self._continue_idle(view, capacity)
+        cost = functools.cache(lambda: ProposalCost.of(view, self.space))
+        limit = TimeLimit(view.trial_allowance_s, cost)
+        proposals = self._continue_idle(view, capacity, limit)
         while len(proposals) < capacity:
-            step = self._promote(view)
+            step = self._promote(view, limit)
             if step is None:
                 break
             proposals.append(step)
@@ -119,13 +122,18 @@ class AshaPolicy(SearchPolicy):
             fresh = start_lineage(
                 self.book, self.space, view, zero, self.options.search_range_factor
             )
+            if not limit.fits(fresh):
+                self.book.forget(fresh)
+                break
             self.rung_of[fresh.lineage_id] = 0
             proposals.append(fresh)
+        self.held_back_for_time = limit.held_back
         return proposals
 
-    def _continue_idle(self, view: TrackerView, capacity: int) -> list[Proposal]:
+    def _continue_idle(self, view: TrackerView, capacity: int, limit: TimeLimit) -> list[Proposal]:
         """The next steps of idle lineages with budget left in their rung, higher rungs
-        first; within a rung, the cheapest when not all fit (``trial_cost.py``)."""
+        first; within a rung, the cheapest when not all fit (``trial_cost.py``). Steps past
+        the time limit wait."""
         waiting = [
             lid
             for lid in self.book.idle_open(view)
@@ -134,11 +142,11 @@ class AshaPolicy(SearchPolicy):
         steps = [
             step
             for lid in waiting
-            if (step := self._step(view, lid, self.rung_of[lid])) is not None
+            if (step := self._step(view, lid, self.rung_of[lid])) is not None and limit.fits(step)
         ]
         if len(steps) <= capacity:
             return steps
-        cost = ProposalCost.of(view, self.space)
+        cost = limit.cost()
         seconds = [cost.seconds(step) or 0.0 for step in steps]
         ranked = sorted(range(len(steps)), key=lambda i: (-steps[i].rung, seconds[i], i))
         return [steps[i] for i in ranked[:capacity]]
@@ -151,10 +159,12 @@ class AshaPolicy(SearchPolicy):
             self.book.close(lid)
         return step
 
-    def _promote(self, view: TrackerView) -> Proposal | None:
+    def _promote(self, view: TrackerView, limit: TimeLimit | None = None) -> Proposal | None:
         """The next step of the best lineage that may go up a rung, from the highest rung
         that has one; of lineages tied with it within noise, the one whose step is
         cheapest (``trial_cost.py``)."""
+        if limit is None:
+            limit = TimeLimit(view.trial_allowance_s, lambda: ProposalCost.of(view, self.space))
         for rung in reversed(range(self.options.max_rungs - 1)):
             entries = self.completed[rung]
             top = len(entries) // self.options.divisor
@@ -168,27 +178,28 @@ class AshaPolicy(SearchPolicy):
             while waiting:
                 best = waiting[0][0]
                 ties = [lid for score, lid in waiting if lid == waiting[0][1] or tied(best, score)]
-                step = self._cheapest_promotion(view, ties, rung + 1)
+                step = self._cheapest_promotion(view, ties, rung + 1, limit)
                 if step is not None:
                     return step
                 waiting = [(score, lid) for score, lid in waiting if lid not in ties]
         return None
 
-    def _cheapest_promotion(self, view: TrackerView, ties: list[str], rung: int) -> Proposal | None:
+    def _cheapest_promotion(
+        self, view: TrackerView, ties: list[str], rung: int, limit: TimeLimit
+    ) -> Proposal | None:
         """Promote the tied lineage whose next step costs least (the first of equals); the
-        ones with no step left end. None when none has a step."""
+        ones with no step left end, and those whose step is past the time limit wait. None
+        when none has a step to take now."""
         steps: list[Proposal] = []
         for lid in ties:
             step = self._step(view, lid, rung)
             if step is None:
                 self.rung_of[lid] = rung
-            else:
+            elif limit.fits(step):
                 steps.append(step)
         if not steps:
             return None
-        chosen = (
-            ProposalCost.of(view, self.space).cheapest(steps, 1)[0] if len(steps) > 1 else steps[0]
-        )
+        chosen = limit.cost().cheapest(steps, 1)[0] if len(steps) > 1 else steps[0]
         self.rung_of[chosen.lineage_id] = rung
         return chosen
 

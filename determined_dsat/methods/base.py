@@ -44,11 +44,17 @@ class SearchPolicy(abc.ABC):
     def __init__(self, space: ConfigSpace, options: Any) -> None:
         self.space = space
         self.options = options
+        # How many trials the last propose held back because they would run past the
+        # view's ``trial_allowance_s``: the search then ends on time, not as exhausted.
+        # Set anew by every propose, so not state.
+        self.held_back_for_time = 0
 
     @abc.abstractmethod
     def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
         """Up to ``capacity`` trials to start now. An empty list with nothing running ends the
-        search. ``view`` must not be modified."""
+        search. ``view`` must not be modified. Under a time budget, trials expected to run
+        past ``view.trial_allowance_s`` are held back and counted in
+        :attr:`held_back_for_time`."""
 
     def observe(self, view: TrackerView, record: TrialRecord) -> None:  # noqa: B027
         """Called once per finished search trial, before the next :meth:`propose`."""

@@ -7,6 +7,7 @@ random configuration takes its place until the trial budget is spent.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from determined_dsat.methods.lineage import (
     start_lineage,
 )
 from determined_dsat.methods.spec import MethodSpec, add_search_range_factor, range_factor
-from determined_dsat.methods.trial_cost import ProposalCost
+from determined_dsat.methods.trial_cost import ProposalCost, TimeLimit
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.view import TrackerView
 
@@ -53,14 +54,13 @@ class BinaryPolicy(SearchPolicy):
             factor = self.options.search_range_factor
             return start_lineage(self.book, self.space, view, zero, factor)
 
-        return continue_then_start(
-            self.book,
-            view,
-            capacity,
-            next_step,
-            new_lineage,
-            lambda: ProposalCost.of(view, self.space),
+        cost = functools.cache(lambda: ProposalCost.of(view, self.space))
+        limit = TimeLimit(view.trial_allowance_s, cost)
+        proposals = continue_then_start(
+            self.book, view, capacity, next_step, new_lineage, cost, limit
         )
+        self.held_back_for_time = limit.held_back
+        return proposals
 
     def state_dict(self) -> dict[str, Any]:
         return {"book": self.book.state_dict()}

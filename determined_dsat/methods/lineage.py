@@ -14,7 +14,7 @@ import numpy as np
 
 from determined_dsat.methods import bisect
 from determined_dsat.methods.base import Proposal
-from determined_dsat.methods.trial_cost import ProposalCost
+from determined_dsat.methods.trial_cost import ProposalCost, TimeLimit
 from determined_dsat.space.batch import SearchBounds
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.memory import ModelProfile
@@ -46,6 +46,13 @@ class LineageBook:
     def close(self, lineage_id: str) -> None:
         if lineage_id in self.open:
             self.open.remove(lineage_id)
+
+    def forget(self, proposal: Proposal) -> None:
+        """Undo a new lineage that will not run (its first trial was held back): its ZeRO
+        block may be drawn again."""
+        self.close(proposal.lineage_id)
+        self.used.discard(zero_key(proposal.zero))
+        self.stage_of.pop(proposal.lineage_id, None)
 
     def idle_open(self, view: TrackerView) -> list[str]:
         """Open lineages whose latest trial has finished."""
@@ -91,10 +98,14 @@ def continue_then_start(
     next_step: Callable[[str], Proposal | None],
     new_lineage: Callable[[], Proposal | None],
     cost: Callable[[], ProposalCost] | None = None,
+    limit: TimeLimit | None = None,
 ) -> list[Proposal]:
     """Up to ``capacity`` proposals: the next step of each idle open lineage (closing those
     with none left), then new lineages until capacity or ideas run out. When more idle
-    lineages wait than there is room for, the cheapest steps by ``cost`` go first."""
+    lineages wait than there is room for, the cheapest steps by ``cost`` go first. Steps
+    past the time ``limit`` wait (their lineage stays open); a new lineage past it is
+    forgotten, and no other starts."""
+    fits = (lambda _: True) if limit is None else limit.fits
     idle = book.idle_open(view)
     choose = cost is not None and len(idle) > capacity
     proposals: list[Proposal] = []
@@ -104,13 +115,16 @@ def continue_then_start(
         step = next_step(lineage_id)
         if step is None:
             book.close(lineage_id)
-        else:
+        elif fits(step):
             proposals.append(step)
     if cost is not None and len(proposals) > capacity:
         return cost().cheapest(proposals, capacity)
     while len(proposals) < capacity:
         fresh = new_lineage()
         if fresh is None:
+            break
+        if not fits(fresh):
+            book.forget(fresh)
             break
         proposals.append(fresh)
     return proposals

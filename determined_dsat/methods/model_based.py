@@ -42,6 +42,7 @@ from determined_dsat.methods.surrogate.acquisition import (
     SAFE_FIT_PROBABILITY,
     BatchScorer,
     Plan,
+    TimeMask,
 )
 from determined_dsat.methods.surrogate.cost import step_proxy
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, zero_key
@@ -92,7 +93,10 @@ class ModelPolicy(SearchPolicy):
     # ----- decisions -----
     def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
         proposals = []
-        for block, mbs in self._plan(view).take(capacity):
+        plan = self._plan(view)
+        picks = plan.take(capacity)
+        self.held_back_for_time = plan.held_back_for_time if len(picks) < capacity else 0
+        for block, mbs in picks:
             zero = self.table.blocks[block]
             key = zero_key(zero)
             lineage_id = self.lineage_of.get(key)
@@ -120,12 +124,15 @@ class ModelPolicy(SearchPolicy):
         return None
 
     def _plan(self, view: TrackerView) -> Plan:
-        """The plan for the tracker's current state (trials created and finished)."""
+        """The plan for the tracker's current state (trials created and finished) and the
+        candidates that would end within the time allowance."""
         self._fit_table_to(view)
         key = (view.num_created, view.num_finished)
-        if self._plan_of is None or self._plan_of[0] != key:
-            self._plan_of = (key, self._make_plan(view))
-        return self._plan_of[1]
+        allowance = view.trial_allowance_s
+        cached = self._plan_of
+        if cached is None or cached[0] != key or not cached[1].same_time_limit(allowance):
+            cached = self._plan_of = (key, self._make_plan(view, allowance))
+        return cached[1]
 
     def _fit_table_to(self, view: TrackerView) -> None:
         """Once the profile is known, search only the blocks that differ for this model:
@@ -140,7 +147,7 @@ class ModelPolicy(SearchPolicy):
         self._fitted = None
         self._plan_of = None
 
-    def _make_plan(self, view: TrackerView) -> Plan:
+    def _make_plan(self, view: TrackerView, allowance_s: float | None) -> Plan:
         empty = np.zeros(0, dtype=np.int64)
         if view.profile is None:
             return Plan(None, empty, empty, False)
@@ -193,7 +200,7 @@ class ModelPolicy(SearchPolicy):
             np.ones_like(fit),
             self._incumbent(fitted),
         )
-        scorer.cost = self._cost(fitted, scorer, cand_mbs, cand_gas, fit)
+        scorer.cost, trained_s = self._cost(fitted, scorer, cand_mbs, cand_gas, fit)
         has_incumbent = scorer.incumbent is not None
         risky_stages: set[int] = set()
         for record in running:
@@ -209,6 +216,7 @@ class ModelPolicy(SearchPolicy):
             has_incumbent,
             self.table.stage_of[cand_block],
             risky_stages,
+            _within(trained_s, allowance_s),
         )
 
     def _block(self, record: TrialRecord) -> int | None:
@@ -237,8 +245,9 @@ class ModelPolicy(SearchPolicy):
 
     def _cost(
         self, fitted: Fitted, scorer: BatchScorer, mbs: IntArray, gas: IntArray, fit: Array
-    ) -> Array:
-        """Each candidate's expected seconds, in units of a typical trial."""
+    ) -> tuple[Array, Array | None]:
+        """Each candidate's expected seconds, in units of a typical trial, and its wall
+        seconds if it trains (None while nothing trained to calibrate them)."""
         samples = (mbs * gas * self.space.grid.slots).astype(float)
         mean = scorer.mixture_mean()
         proxy = step_proxy(mean, samples, fitted.throughput.metric.smaller_is_better)
@@ -253,8 +262,10 @@ class ModelPolicy(SearchPolicy):
             # Nothing trained yet: the proxy's scale is the prior's (see surrogate/cost.py).
             promising = int(np.argmax(fit * np.exp(mean)))
             cost = cost.assume_step_at(float(proxy[promising]))
-        seconds = cost.expected_s(cost.step_s(proxy), fit)
-        return np.asarray(seconds / cost.typical_s, dtype=float)
+        step_s = cost.step_s(proxy)
+        seconds = cost.expected_s(step_s, fit)
+        trained_s = cost.trained_s(step_s) if fitted.cost.calibrated else None
+        return np.asarray(seconds / cost.typical_s, dtype=float), trained_s
 
     def _memory_model(self, view: TrackerView) -> MemoryModel:
         assert view.profile is not None
@@ -290,6 +301,12 @@ class ModelPolicy(SearchPolicy):
         self.counter = int(state["counter"])
         self._fitted = None
         self._plan_of = None
+
+
+def _within(trained_s: Array | None, allowance_s: float | None) -> TimeMask | None:
+    """Which candidates would end within the time allowance if they train; None while no
+    trial has calibrated the cost (any may)."""
+    return None if trained_s is None else TimeMask.of(trained_s, allowance_s)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

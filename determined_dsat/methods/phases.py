@@ -16,9 +16,8 @@ wraps, will ask for nothing more.
 from __future__ import annotations
 
 import abc
-import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -40,14 +39,27 @@ from determined_dsat.trials.tracker import Tracker
 
 EXHAUSTED = "the search space is exhausted"
 BUDGET_SPENT = "every trial of the search budget has run"
-TIME_UP = "another trial would overrun the time budget (--time-budget)"
+TIME_UP = "every trial left to try would overrun the time budget (--time-budget)"
 
 
-def out_of_time(tracker: Tracker, rounds: int) -> bool:
-    """Whether ``rounds`` more rounds of trials (each a typical trial's wall seconds) would
-    overrun the time budget; False without one, or before any trial has finished."""
-    left, typical = tracker.time_left_s, tracker.typical_duration_s()
-    return left is not None and typical is not None and left < rounds * typical
+def remeasure_s(tracker: Tracker, records: Sequence[TrialRecord]) -> float:
+    """Wall seconds to run these trials again, as many at once as the limits allow: each
+    as long as it took (a typical trial when its time is unknown)."""
+    typical = tracker.typical_duration_s() or 0.0
+    durations = [
+        typical if r.result is None or r.result.duration_s is None else r.result.duration_s
+        for r in records
+    ]
+    slots = [0.0] * max(1, min(tracker.limits.concurrent_cap, len(durations)))
+    for seconds in sorted(durations, reverse=True):  # each on the slot that frees first
+        slots[slots.index(min(slots))] += seconds
+    return max(slots, default=0.0)
+
+
+def time_for(tracker: Tracker, records: Sequence[TrialRecord]) -> bool:
+    """Whether the time budget (if any) has room to run these trials again."""
+    left = tracker.time_left_s
+    return left is None or remeasure_s(tracker, records) <= left
 
 
 _REQUEST_NAMESPACE = uuid.UUID("6c1b3f0e-9a52-4b8e-8f3e-2d6a3c9f7b10")
@@ -111,13 +123,18 @@ class PolicySearch(Phase):
     def ask(self, limit: int, reserve: int) -> list[TrialSpec]:
         tracker = self.tracker
         spent = tracker.limits.max_trials - reserve - tracker.num_created <= 0
-        # Time for one more trial and, after it, for the reserved ones (run together).
-        rounds = 1 + math.ceil(reserve / max(1, tracker.limits.concurrent_cap))
+        # The reserved trials re-measure the best configurations after the search; a search
+        # trial started now must end before they start.
+        if tracker.limits.time_budget_s is not None:
+            later = top_configs(tracker, reserve, tracker.baseline_may_win)
+            tracker.kept_for_later_s = remeasure_s(tracker, later)
+        allowance = tracker.trial_allowance_s
+        trained = tracker.typical_duration_s() is not None
         reason = (
             BUDGET_SPENT
             if spent
             else TIME_UP
-            if out_of_time(tracker, rounds)
+            if allowance is not None and trained and allowance <= 0.0
             else self.policy.stop_reason(tracker)
         )
         if reason is None:
@@ -133,7 +150,7 @@ class PolicySearch(Phase):
             specs = [self._spec_from(p) for p in proposals]
             if specs:
                 return specs
-            reason = EXHAUSTED
+            reason = TIME_UP if self.policy.held_back_for_time else EXHAUSTED
         if tracker.running_of(TrialKind.SEARCH) == 0:
             # Running search trials report before the search is called over.
             self._end = reason
@@ -204,8 +221,9 @@ class WithConfirmation(Phase):
             ended = self.inner.end_reason()
             if ended is not None:
                 self.state.search_end = ended
+                first = top_configs(self.tracker, 1, self.tracker.baseline_may_win)
                 has_candidates = bool(top_configs(self.tracker, 1))
-                timely = not out_of_time(self.tracker, 1)
+                timely = time_for(self.tracker, first)
                 self.state.phase = "confirm" if self.k and has_candidates and timely else "done"
         if self.state.phase == "confirm":
             specs += self._confirm(limit - len(specs), reserve)
@@ -220,6 +238,8 @@ class WithConfirmation(Phase):
             chosen = top_configs(
                 self.tracker, max(0, min(self.k, left)), self.tracker.baseline_may_win
             )
+            while len(chosen) > 1 and not time_for(self.tracker, chosen):
+                chosen.pop()  # the lowest-ranked re-measurement that would overrun the budget
             state.targets = [r.spec.request_id for r in chosen]
             state.queue = list(state.targets)
         specs: list[TrialSpec] = []
@@ -245,7 +265,7 @@ class WithConfirmation(Phase):
         if not again or self.state.rounds >= MAX_EXTRA_ROUNDS:
             return []
         left = self.tracker.limits.max_trials - reserve - self.tracker.num_created
-        if len(again) > left or out_of_time(self.tracker, 1):
+        if len(again) > left or not time_for(self.tracker, [self.tracker[r] for r in again]):
             return []
         if remeasure_value(self.tracker, self.state.targets) / len(again) < self.min_gain:
             return []

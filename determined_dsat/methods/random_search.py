@@ -13,6 +13,7 @@ coverage than the midpoint, still focused). Domain knowledge cuts lineages short
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +30,7 @@ from determined_dsat.methods.lineage import (
     start_lineage,
 )
 from determined_dsat.methods.spec import MethodSpec, add_option, at_least
-from determined_dsat.methods.trial_cost import ProposalCost
+from determined_dsat.methods.trial_cost import ProposalCost, TimeLimit
 from determined_dsat.space.batch import SearchBounds
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.trials.records import TrialRecord
@@ -55,14 +56,19 @@ class RandomPolicy(SearchPolicy):
         self.book = LineageBook()
 
     def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
-        return continue_then_start(
+        cost = functools.cache(lambda: ProposalCost.of(view, self.space))
+        limit = TimeLimit(view.trial_allowance_s, cost)
+        proposals = continue_then_start(
             self.book,
             view,
             capacity,
             lambda lineage_id: self._continue(view, lineage_id, rng),
             lambda: self._new_lineage(view, rng),
-            lambda: ProposalCost.of(view, self.space),
+            cost,
+            limit,
         )
+        self.held_back_for_time = limit.held_back
+        return proposals
 
     def stop_reason(self, view: TrackerView) -> str | None:
         patience = self.options.early_stopping

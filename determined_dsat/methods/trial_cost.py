@@ -1,5 +1,8 @@
 """Which of several equal options costs less: the cost tie-break of binary, random and asha.
 
+The same cost keeps a time budget: :class:`TimeLimit` holds back the proposals expected
+to run past the view's ``trial_allowance_s``.
+
 Their own rules (bisection, rungs, random draws) leave some choices open: which idle
 lineage continues first when fewer slots are free than lineages wait, and which of the
 lineages that ASHA may promote, tied within noise, goes up first. There the cheaper
@@ -15,7 +18,7 @@ same and the method's own order stands.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -106,3 +109,25 @@ def tied(first: float, other: float) -> bool:
         return first == other
     scale = max(abs(first), abs(other))
     return scale == 0.0 or abs(first - other) <= TIE_TOLERANCE * scale
+
+
+@attrs.define
+class TimeLimit:
+    """Which proposals are expected to end within ``allowance_s`` wall seconds (all while
+    there is no allowance, or nothing trained to cost them by), counting those held back."""
+
+    allowance_s: float | None
+    cost: Callable[[], ProposalCost]
+    held_back: int = 0
+    _model: ProposalCost | None = None
+
+    def fits(self, proposal: Proposal) -> bool:
+        if self.allowance_s is None:
+            return True
+        if self._model is None:
+            self._model = self.cost()
+        seconds = self._model.seconds(proposal)
+        if seconds is None or seconds <= self.allowance_s:
+            return True
+        self.held_back += 1
+        return False

@@ -64,6 +64,9 @@ class Tracker:
         self._trials_since_best = 0
         self._scored_search = 0
         self.elapsed_s = 0.0  # the search's wall seconds so far, as the runner measures them
+        # Seconds of the time budget kept for the trials after the search (confirmation);
+        # set by the search phase before each proposal, so not state.
+        self.kept_for_later_s = 0.0
         self._profile_id: str | None = None
         self._baseline_id: str | None = None
         self._confirmations: dict[str, list[str]] = {}
@@ -284,6 +287,13 @@ class Tracker:
         """Seconds left of ``--time-budget``; None without one."""
         budget = self.limits.time_budget_s
         return None if budget is None else budget - self.elapsed_s
+
+    @property
+    def trial_allowance_s(self) -> float | None:
+        """The most wall seconds a search trial started now may take: the time budget left,
+        less what is kept for the trials after the search; None without a budget."""
+        left = self.time_left_s
+        return None if left is None else left - self.kept_for_later_s
 
     def typical_duration_s(self) -> float | None:
         """The median wall seconds of the finished trials that trained (the profiling trial

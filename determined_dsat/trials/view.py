@@ -42,6 +42,13 @@ class TrackerView(Protocol):
         """Seconds left of the time budget; None without one."""
         ...
 
+    @property
+    def trial_allowance_s(self) -> float | None:
+        """The most wall seconds a search trial started now may take without overrunning
+        the time budget (what the confirmation needs kept back); None without a budget.
+        Policies propose only trials they expect to end within it."""
+        ...
+
     def typical_duration_s(self) -> float | None:
         """The median wall seconds of the finished trials that trained."""
         ...

@@ -102,3 +102,43 @@ def test_a_resumed_search_continues_with_the_time_left(
         [ln[k] for k in keys] for ln in read_lines(whole)
     ]
     assert final_clock(parts) <= 1000.0
+
+
+GROWING = """
+
+def growing_fn(cfg):
+    metrics = dict(LANDSCAPE(cfg))
+    metrics["duration_s"] = 20.0 + 4.0 * cfg["train_micro_batch_size_per_gpu"]
+    return metrics
+"""
+
+
+def _growing(model: pathlib.Path) -> None:
+    path = model / "replay_fn.py"
+    path.write_text(path.read_text() + GROWING)
+
+
+def _durations(lines: list[dict[str, Any]]) -> list[float]:
+    return [20.0 + 4.0 * line["mbs"] for line in lines if line["kind"] != "profile"]
+
+
+@pytest.mark.parametrize("method", ["binary", "random", "asha", "model"])
+def test_trials_of_different_lengths_all_end_within_the_budget(
+    method: str, model: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each proposal is costed on its own (a large micro-batch takes longer): a long one is
+    held back near the end, where a typical trial would still have fitted."""
+    _growing(model)
+    run = tmp_path / "run"
+    budget = 1000.0
+    flags = ("--run-dir", str(run), "-mct", "2", "--time-budget", str(int(budget)))
+    code, out, err = dsat(args(method, model, *flags, source="growing_fn", max_trials=64), capsys)
+    assert code == 0, err
+    lines = read_lines(run)
+    durations = _durations(lines)
+    assert max(durations) > 2.0 * min(durations)  # the trials did differ in length
+    assert final_clock(run) <= budget
+    assert len(lines) < 64
+    assert RunDirectory(run).read_best() is not None
+    if method != "model":  # model may stop first, once nothing is worth a trial
+        assert "time budget" in out

@@ -29,6 +29,7 @@ Running trials are treated the same way.
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 from numpy.typing import NDArray
 
@@ -37,6 +38,7 @@ from determined_dsat.methods.surrogate.throughput import ThroughputSurrogate
 
 Array = NDArray[np.float64]
 IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
 
 _MIN_SD = 1e-9
 SAFE_FIT_PROBABILITY = 0.9
@@ -145,6 +147,28 @@ class BatchScorer:
             self.covs[k] = cov - np.outer(u, u) / denom
 
 
+@attrs.frozen(eq=False)
+class TimeMask:
+    """Candidates' wall seconds if they train, and which of them end within a time
+    allowance."""
+
+    trained_s: Array
+    within: BoolArray
+
+    @classmethod
+    def of(cls, trained_s: Array, allowance_s: float | None) -> TimeMask:
+        within = (
+            np.ones(trained_s.shape, dtype=bool)
+            if allowance_s is None
+            else trained_s <= allowance_s
+        )
+        return cls(trained_s, within)
+
+    def same_as(self, allowance_s: float | None) -> bool:
+        """Whether ``allowance_s`` lets the same candidates through."""
+        return bool(np.array_equal(self.within, TimeMask.of(self.trained_s, allowance_s).within))
+
+
 class Plan:
     """The picks for the trials that may start now, made greedily and lazily.
 
@@ -161,6 +185,7 @@ class Plan:
         has_incumbent: bool,
         cand_stage: IntArray | None = None,
         risky_stages: set[int] | None = None,
+        time_mask: TimeMask | None = None,
     ) -> None:
         self.scorer = scorer
         self.cand_block = cand_block
@@ -173,6 +198,11 @@ class Plan:
             self.risky = scorer.fit < SAFE_FIT_PROBABILITY
             for stage in risky_stages or ():
                 self.available &= ~(self.risky & (self.cand_stage == stage))
+        self.time_mask = time_mask
+        self.held_back_for_time = 0
+        if time_mask is not None:
+            self.held_back_for_time = int(np.count_nonzero(self.available & ~time_mask.within))
+            self.available &= time_mask.within
         self.picks: list[tuple[int, int]] = []
         self.values: list[float] = []
         self.done = scorer is None or cand_block.size == 0
@@ -193,6 +223,10 @@ class Plan:
                 self.available &= ~(self.risky & (self.cand_stage == self.cand_stage[pick]))
             self.scorer.believe(pick)
         return self.picks[:count]
+
+    def same_time_limit(self, allowance_s: float | None) -> bool:
+        """Whether this plan holds back the same candidates as ``allowance_s`` would."""
+        return self.time_mask is None or self.time_mask.same_as(allowance_s)
 
     @property
     def best_value(self) -> float | None:
