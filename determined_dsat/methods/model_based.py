@@ -44,9 +44,16 @@ from determined_dsat.methods.surrogate.acquisition import (
     Plan,
     TimeMask,
 )
+from determined_dsat.methods.surrogate.calibration import (
+    Prediction,
+    predictions_from_json,
+    predictions_to_json,
+    variance_scale,
+)
 from determined_dsat.methods.surrogate.cost import step_proxy
 from determined_dsat.methods.surrogate.features import BlockTable, MemoryBasis, zero_key
 from determined_dsat.methods.surrogate.fit import Fitted, candidate_rows, fit_all
+from determined_dsat.methods.surrogate.throughput import log_metric
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.memory import MemoryModel
 from determined_dsat.trials.records import TrialKind, TrialRecord
@@ -81,6 +88,8 @@ class ModelPolicy(SearchPolicy):
         self._plan_of: tuple[tuple[int, int], Plan] | None = None
         self._basis: tuple[MemoryModel, MemoryBasis] | None = None
         self._block_of: dict[str, int | None] = {}  # request id -> block index
+        # What the surrogate predicted for each configuration when it was proposed.
+        self.predicted: dict[str, Prediction] = {}
 
     def planned_trials(self) -> str | None:
         return (
@@ -99,6 +108,7 @@ class ModelPolicy(SearchPolicy):
         for block, mbs in picks:
             zero = self.table.blocks[block]
             key = zero_key(zero)
+            self._remember_prediction(view, zero, mbs)
             lineage_id = self.lineage_of.get(key)
             if lineage_id is None:
                 self.counter += 1
@@ -199,6 +209,7 @@ class ModelPolicy(SearchPolicy):
             fit,
             np.ones_like(fit),
             self._incumbent(fitted),
+            self._variance_scale(view, fitted),
         )
         scorer.cost, trained_s = self._cost(fitted, scorer, cand_mbs, cand_gas, fit)
         has_incumbent = scorer.incumbent is not None
@@ -218,6 +229,36 @@ class ModelPolicy(SearchPolicy):
             risky_stages,
             _within(trained_s, allowance_s),
         )
+
+    def _remember_prediction(self, view: TrackerView, zero: Mapping[str, Any], mbs: int) -> None:
+        """Keep the surrogate's predictive distribution of a proposal (calibration.py)."""
+        key = _config_key(zero, mbs)
+        if key in self.predicted or view.profile is None:
+            return
+        fitted = self._fit(view)
+        surrogate = fitted.throughput
+        gas = self.space.grid.batch_config(mbs).gradient_accumulation_steps
+        row = fitted.row(self.table, zero, mbs, gas)
+        means, variances = surrogate.predict_rows(row[None, :])
+        means = means[:, 0] + surrogate.curve(np.array([float(mbs)]), np.array([float(gas)]))[:, 0]
+        weights = surrogate.weights
+        mean = float(weights @ means)
+        second = float(weights @ (variances[:, 0] + means**2))
+        self.predicted[key] = Prediction(mean, math.sqrt(max(second - mean * mean, 0.0)))
+
+    def _variance_scale(self, view: TrackerView, fitted: Fitted) -> float:
+        """How much wider the surrogate's uncertainty should be, from how far its past
+        predictions were from the measurements (calibration.py)."""
+        tests = []
+        for record in fitted.trained:
+            if record.spec.kind is not TrialKind.SEARCH:
+                continue
+            prediction = self.predicted.get(_config_key(record.spec.zero, record.spec.mbs))
+            score = view.score(record)
+            y = None if score is None else log_metric(view.metric, score)
+            if prediction is not None and y is not None:
+                tests.append((prediction, y))
+        return variance_scale(tests)
 
     def _block(self, record: TrialRecord) -> int | None:
         """The table index of a trial's ZeRO block (None for a block outside the table)."""
@@ -294,13 +335,23 @@ class ModelPolicy(SearchPolicy):
 
     # ----- state -----
     def state_dict(self) -> dict[str, Any]:
-        return {"lineage_of": dict(self.lineage_of), "counter": self.counter}
+        return {
+            "lineage_of": dict(self.lineage_of),
+            "counter": self.counter,
+            "predicted": predictions_to_json(self.predicted),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.lineage_of = {str(k): str(v) for k, v in state["lineage_of"].items()}
         self.counter = int(state["counter"])
+        self.predicted = predictions_from_json(state.get("predicted", {}))
         self._fitted = None
         self._plan_of = None
+
+
+def _config_key(zero: Mapping[str, Any], mbs: int) -> str:
+    """A configuration (ZeRO block and micro-batch): run at most once by this method."""
+    return f"{zero_key(zero)}|{mbs}"
 
 
 def _within(trained_s: Array | None, allowance_s: float | None) -> TimeMask | None:

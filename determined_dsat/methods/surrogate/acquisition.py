@@ -62,7 +62,8 @@ class BatchScorer:
     ``rows`` are the distinct throughput feature rows; candidate ``j`` uses row
     ``cand_row[j]``. ``fit`` is each candidate's probability of fitting, ``cost`` its
     expected cost in trials. ``incumbent`` is, per component, the best posterior mean of
-    a trained configuration (log metric), or None before any trained.
+    a trained configuration (log metric), or None before any trained. ``variance_scale``
+    multiplies the surrogate's posterior (co)variances.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class BatchScorer:
         fit: Array,
         cost: Array,
         incumbent: Array | None,
+        variance_scale: float = 1.0,
     ) -> None:
         self.rows = rows
         self.cand_row = cand_row
@@ -83,8 +85,10 @@ class BatchScorer:
         self.incumbent = incumbent
         self.weights = surrogate.weights
         self.noise = np.array([c.noise for c in surrogate.components])
-        self.covs = [c.cov.copy() for c in surrogate.components]
-        self.row_mean, self.row_var = surrogate.predict_rows(rows)
+        # The surrogate's uncertainty widened by how wrong it has been (calibration.py).
+        self.covs = [c.cov * variance_scale for c in surrogate.components]
+        self.row_mean, row_var = surrogate.predict_rows(rows)
+        self.row_var = row_var * variance_scale
         self.curve = surrogate.curve(cand_mbs, cand_gas)
 
     def mean_sd(self) -> tuple[Array, Array]:
