@@ -231,7 +231,8 @@ class ModelPolicy(SearchPolicy):
         )
 
     def _remember_prediction(self, view: TrackerView, zero: Mapping[str, Any], mbs: int) -> None:
-        """Keep the surrogate's predictive distribution of a proposal (calibration.py)."""
+        """Keep the surrogate's predictive distribution of a proposal's measurement, its
+        estimate of the noise included (calibration.py)."""
         key = _config_key(zero, mbs)
         if key in self.predicted or view.profile is None:
             return
@@ -241,9 +242,10 @@ class ModelPolicy(SearchPolicy):
         row = fitted.row(self.table, zero, mbs, gas)
         means, variances = surrogate.predict_rows(row[None, :])
         means = means[:, 0] + surrogate.curve(np.array([float(mbs)]), np.array([float(gas)]))[:, 0]
+        noise = np.array([c.noise for c in surrogate.components])
         weights = surrogate.weights
         mean = float(weights @ means)
-        second = float(weights @ (variances[:, 0] + means**2))
+        second = float(weights @ (variances[:, 0] + noise**2 + means**2))
         self.predicted[key] = Prediction(mean, math.sqrt(max(second - mean * mean, 0.0)))
 
     def _variance_scale(self, view: TrackerView, fitted: Fitted) -> float:

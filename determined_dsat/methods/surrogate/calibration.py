@@ -1,9 +1,11 @@
 """How wrong the throughput surrogate has been on this search, and how much wider its
 uncertainty should be for it.
 
-Each proposal's predictive distribution (mean and sd of its latent log metric) is kept
-when it is proposed; once the trial has trained, its measurement is a test of that
-prediction: ``z = (y - mean) / sqrt(sd^2 + noise^2)``. On landscapes the surrogate
+Each proposal's predictive distribution of its measured log metric (mean, and sd with
+the surrogate's own estimate of the measurement noise in it) is kept when it is
+proposed; once the trial has trained, its measurement is a test of that prediction:
+``z = (y - mean) / sd``. Noise the surrogate has already learnt (a noisy machine) is not
+counted as the surrogate being wrong. On landscapes the surrogate
 describes well the ``z`` are about standard normal; where it is misspecified (knobs that
 matter far more than their prior says, a throughput curve of another shape) they are
 not, and a search that trusted the surrogate's own sd would stop early, sure that
@@ -27,20 +29,19 @@ import attrs
 PSEUDO_COUNT = 4.0
 """Pseudo-observations at z^2 = 1: a few surprises are noise, a run of them is not."""
 MAX_VARIANCE_SCALE = 16.0
-MEASUREMENT_NOISE = 0.025
-"""The sd of one measurement of the log metric (``confirm.DEFAULT_NOISE``): a
-prediction is of the noise-free value, a measurement is not."""
+MIN_SD = 0.005
+"""No prediction of a measurement is surer than this (the log metric's sd)."""
 
 
 @attrs.frozen
 class Prediction:
-    """A proposal's predictive distribution of its latent log metric."""
+    """A proposal's predictive distribution of its measured log metric."""
 
     mean: float
     sd: float
 
     def squared_z(self, observed: float) -> float:
-        return (observed - self.mean) ** 2 / (self.sd**2 + MEASUREMENT_NOISE**2)
+        return (observed - self.mean) ** 2 / max(self.sd, MIN_SD) ** 2
 
     def to_json(self) -> list[float]:
         return [self.mean, self.sd]
