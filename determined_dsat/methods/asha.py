@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import bisect as _bisect
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,8 +106,7 @@ class AshaPolicy(SearchPolicy):
         return max(scores, default=_NO_SCORE)
 
     def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
-        cost = functools.cache(lambda: ProposalCost.of(view, self.space))
-        limit = TimeLimit(view.trial_allowance_s, cost)
+        limit = TimeLimit(view.trial_allowance_s, lambda: ProposalCost.of(view, self.space))
         proposals = self._continue_idle(view, capacity, limit)
         while len(proposals) < capacity:
             step = self._promote(view, limit)
@@ -146,7 +144,7 @@ class AshaPolicy(SearchPolicy):
         ]
         if len(steps) <= capacity:
             return steps
-        cost = limit.cost()
+        cost = limit.proposal_cost()
         seconds = [cost.seconds(step) or 0.0 for step in steps]
         ranked = sorted(range(len(steps)), key=lambda i: (-steps[i].rung, seconds[i], i))
         return [steps[i] for i in ranked[:capacity]]
@@ -159,12 +157,10 @@ class AshaPolicy(SearchPolicy):
             self.book.close(lid)
         return step
 
-    def _promote(self, view: TrackerView, limit: TimeLimit | None = None) -> Proposal | None:
+    def _promote(self, view: TrackerView, limit: TimeLimit) -> Proposal | None:
         """The next step of the best lineage that may go up a rung, from the highest rung
         that has one; of lineages tied with it within noise, the one whose step is
         cheapest (``trial_cost.py``)."""
-        if limit is None:
-            limit = TimeLimit(view.trial_allowance_s, lambda: ProposalCost.of(view, self.space))
         for rung in reversed(range(self.options.max_rungs - 1)):
             entries = self.completed[rung]
             top = len(entries) // self.options.divisor
@@ -199,7 +195,7 @@ class AshaPolicy(SearchPolicy):
                 steps.append(step)
         if not steps:
             return None
-        chosen = limit.cost().cheapest(steps, 1)[0] if len(steps) > 1 else steps[0]
+        chosen = limit.proposal_cost().cheapest(steps, 1)[0] if len(steps) > 1 else steps[0]
         self.rung_of[chosen.lineage_id] = rung
         return chosen
 

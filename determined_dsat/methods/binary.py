@@ -7,7 +7,6 @@ random configuration takes its place until the trial budget is spent.
 from __future__ import annotations
 
 import argparse
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,10 +53,9 @@ class BinaryPolicy(SearchPolicy):
             factor = self.options.search_range_factor
             return start_lineage(self.book, self.space, view, zero, factor)
 
-        cost = functools.cache(lambda: ProposalCost.of(view, self.space))
-        limit = TimeLimit(view.trial_allowance_s, cost)
+        limit = TimeLimit(view.trial_allowance_s, lambda: ProposalCost.of(view, self.space))
         proposals = continue_then_start(
-            self.book, view, capacity, next_step, new_lineage, cost, limit
+            self.book, view, capacity, next_step, new_lineage, limit.proposal_cost, limit
         )
         self.held_back_for_time = limit.held_back
         return proposals

@@ -227,7 +227,7 @@ class ModelPolicy(SearchPolicy):
             has_incumbent,
             self.table.stage_of[cand_block],
             risky_stages,
-            _within(trained_s, allowance_s),
+            None if trained_s is None else TimeMask.of(trained_s, allowance_s),
         )
 
     def _remember_prediction(self, view: TrackerView, zero: Mapping[str, Any], mbs: int) -> None:
@@ -354,12 +354,6 @@ class ModelPolicy(SearchPolicy):
 def _config_key(zero: Mapping[str, Any], mbs: int) -> str:
     """A configuration (ZeRO block and micro-batch): run at most once by this method."""
     return f"{zero_key(zero)}|{mbs}"
-
-
-def _within(trained_s: Array | None, allowance_s: float | None) -> TimeMask | None:
-    """Which candidates would end within the time allowance if they train; None while no
-    trial has calibrated the cost (any may)."""
-    return None if trained_s is None else TimeMask.of(trained_s, allowance_s)
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,6 @@ coverage than the midpoint, still focused). Domain knowledge cuts lineages short
 from __future__ import annotations
 
 import argparse
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,15 +55,14 @@ class RandomPolicy(SearchPolicy):
         self.book = LineageBook()
 
     def propose(self, view: TrackerView, capacity: int, rng: np.random.Generator) -> list[Proposal]:
-        cost = functools.cache(lambda: ProposalCost.of(view, self.space))
-        limit = TimeLimit(view.trial_allowance_s, cost)
+        limit = TimeLimit(view.trial_allowance_s, lambda: ProposalCost.of(view, self.space))
         proposals = continue_then_start(
             self.book,
             view,
             capacity,
             lambda lineage_id: self._continue(view, lineage_id, rng),
             lambda: self._new_lineage(view, rng),
-            cost,
+            limit.proposal_cost,
             limit,
         )
         self.held_back_for_time = limit.held_back

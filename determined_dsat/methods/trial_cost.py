@@ -121,12 +121,16 @@ class TimeLimit:
     held_back: int = 0
     _model: ProposalCost | None = None
 
+    def proposal_cost(self) -> ProposalCost:
+        """The cost model, fitted once per limit (it serves the policy's tie-breaks too)."""
+        if self._model is None:
+            self._model = self.cost()
+        return self._model
+
     def fits(self, proposal: Proposal) -> bool:
         if self.allowance_s is None:
             return True
-        if self._model is None:
-            self._model = self.cost()
-        seconds = self._model.seconds(proposal)
+        seconds = self.proposal_cost().seconds(proposal)
         if seconds is None or seconds <= self.allowance_s:
             return True
         self.held_back += 1

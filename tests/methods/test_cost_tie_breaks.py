@@ -16,7 +16,7 @@ from determined_dsat.methods.base import Proposal, SearchPolicy
 from determined_dsat.methods.binary import BinaryOptions, BinaryPolicy
 from determined_dsat.methods.phases import PolicySearch, RequestIds
 from determined_dsat.methods.random_search import RandomOptions, RandomPolicy
-from determined_dsat.methods.trial_cost import TIE_TOLERANCE, ProposalCost, tied
+from determined_dsat.methods.trial_cost import TIE_TOLERANCE, ProposalCost, TimeLimit, tied
 from determined_dsat.space.config_space import ConfigSpace
 from determined_dsat.space.memory import ModelProfile
 from determined_dsat.space.metric import Metric
@@ -159,7 +159,7 @@ def promote_after_rung_zero(small_rate: float, large_rate: float) -> tuple[str, 
     for spec in specs:
         finish(tracker, spec, rates.get(spec.request_id, 10.0))
         policy.observe(tracker, tracker[spec.request_id])
-    step = policy._promote(tracker)
+    step = policy._promote(tracker, TimeLimit(None, lambda: ProposalCost.of(tracker, space)))
     assert step is not None
     return step.lineage_id, str(small.lineage_id), str(large.lineage_id)
 
