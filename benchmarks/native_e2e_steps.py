@@ -220,6 +220,16 @@ def _summary(run: TunerRun) -> str:
     return f"{format_duration(run.wall_s)}, {run.trials} trials {run.outcomes}; {pick}; {metric}"
 
 
+def _measured_these_picks(folder: pathlib.Path, runs: Mapping[str, TunerRun]) -> bool:
+    """Whether the measurements in ``folder`` are of these runs' picks (a re-run tuner may
+    pick another config; its old measurements must not be reported as the new pick's)."""
+    for tool, run in runs.items():
+        recorded = read_json_or_none(folder / f"{tool}_ds_config.json")
+        if run.ds_config is not None and recorded != run.ds_config:
+            return False
+    return True
+
+
 def measure_case(
     plan: CasePlan,
     folder: pathlib.Path,
@@ -233,8 +243,10 @@ def measure_case(
     """Re-measure every pick ``repeats`` times, alternating between the tools."""
     record = read_json_or_none(folder / MEASUREMENTS_RECORD)
     if reuse and isinstance(record, list):
-        say(f"  reusing {folder / MEASUREMENTS_RECORD}")
-        return tuple(Measurement.from_json(m) for m in record)
+        if _measured_these_picks(folder, runs):
+            say(f"  reusing {folder / MEASUREMENTS_RECORD}")
+            return tuple(Measurement.from_json(m) for m in record)
+        say(f"  the picks differ from those measured in {folder}: measuring again")
     _fresh(folder)
     configs: dict[str, pathlib.Path] = {}
     for tool, run in runs.items():

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from determined_dsat.runners.ext_cache import extensions_env
 from determined_dsat.runners.orphans import die_with_parent
-from determined_dsat.runners.reap import reap_all
+from determined_dsat.runners.reap import reap_all, signal_session
 
 logger = logging.getLogger("determined_dsat")
 
@@ -114,14 +114,19 @@ def _check_pinned(pid: int, cpu: int) -> None:
 
 
 def kill_group(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every rank's process group, then SIGKILL what is left after a grace period."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
+    """SIGTERM every rank's session (each leads its own), then SIGKILL what is left after a
+    grace period. The session, not just the group: a rank building an op runs its
+    compilers through ninja, in process groups of their own."""
+    _signal_sessions(procs, signal.SIGTERM)
     reap_all(procs, KILL_GRACE_S)
+    _signal_sessions(procs, signal.SIGKILL)
+
+
+def _signal_sessions(procs: Sequence[subprocess.Popen[bytes]], signum: int) -> None:
     for proc in procs:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signum)
+        signal_session(proc.pid, signum)
 
 
 def remove_shared_memory(port: int) -> None:

@@ -6,6 +6,10 @@ Ctrl-C (or SIGTERM, which the runner raises as KeyboardInterrupt) landing inside
 ``wait`` on that child then blocks for ever, and every ``poll`` says it still runs, so
 a runner stopping its children would hang or wait out every grace period in full.
 ``os.waitpid`` has no such lock.
+
+A child started in a session of its own may leave processes that outlive it: ninja runs
+each compiler in a process group of its own, and a build stopped in the middle orphans
+them. :func:`stop_session` stops every process of the session, not just its leader.
 """
 
 from __future__ import annotations
@@ -63,3 +67,58 @@ def send(proc: subprocess.Popen[bytes], signum: int) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signum)
+
+
+def session_members(sid: int) -> list[int]:
+    """Live (not zombie) processes of session ``sid``, found in ``/proc``."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _stat_fields(int(entry.name))[3:4] == [str(sid).encode()]:
+            members.append(int(entry.name))
+    return members
+
+
+def stop_session(leader: subprocess.Popen[bytes], grace_s: float) -> bool:
+    """SIGTERM ``leader`` and every process of the session it leads (if it started one),
+    SIGKILL what is left after ``grace_s``, then reap ``leader``; True once all have
+    ended. The leader is reaped last: until then its pid, the session's id, names no
+    other process."""
+    if leader.returncode is not None:
+        return True
+    for signum, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILL_REAP_S)):
+        _signal_all(_members(leader), signum)
+        deadline = time.monotonic() + wait_s
+        while _members(leader) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+    left = _members(leader)
+    return reap_all([leader], KILL_REAP_S) and not left
+
+
+def _members(leader: subprocess.Popen[bytes]) -> set[int]:
+    """``leader`` while it runs (not yet a zombie), and the live processes of its session."""
+    alive = {leader.pid} if _stat_fields(leader.pid) else set()
+    return alive | set(session_members(leader.pid))
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    """The fields of ``/proc/<pid>/stat`` after the command (state, ppid, pgrp, session,
+    ...); empty when the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return []
+    # The command is parenthesised and may hold spaces and parentheses itself.
+    fields = text[text.rfind(b")") + 2 :].split()
+    return [] if not fields or fields[0] in (b"Z", b"X") else fields
+
+
+def signal_session(sid: int, signum: int) -> None:
+    """Send ``signum`` to every live process of session ``sid``."""
+    _signal_all(set(session_members(sid)), signum)
+
+
+def _signal_all(pids: set[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)

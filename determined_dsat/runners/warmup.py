@@ -4,8 +4,10 @@ DeepSpeed builds ops such as FusedAdam and CPUAdam into the torch extensions cac
 on first use (17-99 s each on a 2-core CPU with DeepSpeed 0.19.8). Concurrent trials
 that all start by compiling the same op serialise on the cache lock and count that
 time against their timeout; one warm-up process before the search avoids both.
-Later runs find the cache (this environment's own, see ``ext_cache``) and finish in
-seconds.
+Later runs find the cache (this environment's own, see ``ext_cache``): when every op's
+library is there, built after DeepSpeed and torch were installed, no warm-up process runs
+at all (it would spend 4-5 s importing both to find nothing to build, a trial's worth of
+the startup on a CPU search of a few minutes).
 
 Only ops a trial can load are warmed: DeepSpeed 0.19.8 builds its CPU optimizers
 (CPUAdam, CPUAdagrad, CPULion) only when ZeRO offloads the optimizer to CPU or NVMe
@@ -15,6 +17,7 @@ search may offload it or the user's ds_config does.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pathlib
@@ -30,7 +33,7 @@ from determined_dsat.runners.devices import Slots
 from determined_dsat.runners.ext_cache import extensions_env, extensions_root
 from determined_dsat.runners.ext_locks import clear_stale_locks
 from determined_dsat.runners.orphans import deathsig_available, die_with_parent, start_watchdog
-from determined_dsat.runners.reap import kill, reap_all, send
+from determined_dsat.runners.reap import kill, stop_session
 
 logger = logging.getLogger("determined_dsat")
 
@@ -42,6 +45,15 @@ _BY_OPTIMIZER: dict[str, tuple[str | None, str]] = {
     "lion": ("FusedLionBuilder", "CPULionBuilder"),
 }
 _CPU_ONLY = ("ShareMemCommBuilder",)
+# op builder -> the directory and library torch builds it into (the builder's ``NAME``)
+_BUILT_AS = {
+    "FusedAdamBuilder": "fused_adam",
+    "CPUAdamBuilder": "cpu_adam",
+    "CPUAdagradBuilder": "cpu_adagrad",
+    "FusedLionBuilder": "fused_lion",
+    "CPULionBuilder": "cpu_lion",
+    "ShareMemCommBuilder": "deepspeed_shm_comm",
+}
 WARMUP_TIMEOUT_S = 1800.0
 STOP_GRACE_S = 10.0
 
@@ -79,6 +91,11 @@ def warm_up_ops(
     names = ops_for(ds_config, slots.gpu, offload)
     if not names:
         return True
+    # Before anything loads an op: a lock left by a killed build hangs every later load.
+    clear_stale_locks()
+    if already_built(names, extensions_root()):
+        logger.info("DeepSpeed ops %s already built in %s", ", ".join(names), extensions_root())
+        return True
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, len(slots.ids))))
     env.update(extensions_env())
     if not slots.gpu:
@@ -89,12 +106,33 @@ def warm_up_ops(
         extensions_root(),
     )
     started = time.monotonic()
-    clear_stale_locks()
     code = _run(names, env, log_path, timeout_s)
     if code != 0:
         logger.warning("preparing DeepSpeed ops failed (see %s); trials will try again", log_path)
     logger.info("DeepSpeed ops ready in %.1f s", time.monotonic() - started)
     return code == 0
+
+
+def already_built(names: list[str], root: pathlib.Path) -> bool:
+    """Whether every op's library is in ``root``, newer than the DeepSpeed and torch it was
+    built against (a library older than either may be rebuilt by the first trial that
+    loads it, so it is warmed again)."""
+    installed = max(_installed_at("deepspeed"), _installed_at("torch"))
+    for name in names:
+        built = _BUILT_AS.get(name)
+        library = root / built / f"{built}.so" if built else None
+        if library is None or not library.is_file() or library.stat().st_mtime < installed:
+            return False
+    return True
+
+
+def _installed_at(package: str) -> float:
+    """When ``package`` was installed (its ``__init__``'s mtime), found without importing
+    it; infinitely late when it cannot be found, so nothing counts as built."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None or not os.path.isfile(spec.origin):
+        return float("inf")
+    return os.stat(spec.origin).st_mtime
 
 
 def _run(names: list[str], env: dict[str, str], log_path: pathlib.Path, timeout_s: float) -> int:
@@ -126,11 +164,10 @@ def _run(names: list[str], env: dict[str, str], log_path: pathlib.Path, timeout_
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
-    """Stop the warm-up so that it releases torch's extension lock, then remove what a
-    kill left anyway (a stale lock would hang every later op load)."""
-    send(child, signal.SIGTERM)
-    if not reap_all([child], STOP_GRACE_S):
-        kill(child)
+    """Stop the warm-up and the compilers of a build in progress (SIGTERM first, so that
+    torch releases its extension lock), then remove what a kill left anyway (a stale lock
+    would hang every later op load)."""
+    stop_session(child, STOP_GRACE_S)
     clear_stale_locks()
 
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import pytest
 import torch
 
@@ -476,3 +477,16 @@ def test_durations_read_like_a_person_writes_them() -> None:
     assert format_duration(38.4) == "38 s"
     assert format_duration(251) == "4 min 11 s"
     assert format_duration(3725) == "1 h 02 min"
+
+
+def test_recorded_measurements_are_reused_only_for_the_same_picks(tmp_path: pathlib.Path) -> None:
+    """A re-run of ours with --reuse picked ZeRO 0 mbs 32; the report showed the earlier
+    pick's (mbs 6) measurements as its own."""
+    from benchmarks.native_e2e_steps import _measured_these_picks
+
+    runs = {NATIVE: run_record(NATIVE, 10.0, 5.0), OURS: run_record(OURS, 5.0, 5.0)}
+    for tool, run in runs.items():
+        (tmp_path / f"{tool}_ds_config.json").write_text(json.dumps(run.ds_config))
+    assert _measured_these_picks(tmp_path, runs)
+    repicked = attrs.evolve(runs[OURS], ds_config={"train_micro_batch_size_per_gpu": 32})
+    assert not _measured_these_picks(tmp_path, {**runs, OURS: repicked})

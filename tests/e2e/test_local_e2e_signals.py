@@ -44,14 +44,19 @@ class Stopped:
     leaked_shm: set[str]
 
 
-def _start(tmp_path_factory: pytest.TempPathFactory, name: str) -> Runner:
+def _start(
+    tmp_path_factory: pytest.TempPathFactory, name: str, empty_op_cache: bool = False
+) -> Runner:
     tmp = tmp_path_factory.mktemp(name)
+    # An empty op cache: with the ops built, no warm-up process would run at all.
+    env = {"TORCH_EXTENSIONS_DIR": str(tmp / "extensions")} if empty_op_cache else None
     model_dir = copy_example("core_api", tmp / "model")
     run_dir = tmp / "run"
     # A long measurement window keeps two trials training together for seconds, not the
     # few tenths of a second this tiny model's default window gives (the poll missed it).
     extra = ("--train-batch-size", "32", "--end-profile-step", "80")
-    return Runner(search_args("binary", model_dir, run_dir, 6, *extra, memory_cap=CAP_MIB), run_dir)
+    args = search_args("binary", model_dir, run_dir, 6, *extra, memory_cap=CAP_MIB)
+    return Runner(args, run_dir, extra_env=env)
 
 
 def _stop(runner: Runner, signum: signal.Signals) -> tuple[int, dict[int, str]]:
@@ -109,26 +114,27 @@ def stopped_mid_search(
 def test_signal_during_op_warmup_leaves_no_process(
     tmp_path_factory: pytest.TempPathFactory, signum: signal.Signals
 ) -> None:
-    runner = _start(tmp_path_factory, "signal-warmup")
+    """Signalled while the warm-up compiles the first op: the compilers, which ninja runs
+    in process groups of their own, must stop too (they were left running)."""
+    runner = _start(tmp_path_factory, "signal-warmup", empty_op_cache=True)
+    cache = runner.run_dir.parent / "extensions"
     try:
-        # The warm-up child writes to RUN_DIR/warmup.log; it is found by that open file.
         wait_for(
-            "the op warm-up",
-            lambda: any(
-                "determined_dsat.runners.warmup" in cmd
-                for cmd in processes_of(runner.run_dir).values()
-            ),
-            timeout=60,
+            "a compiler of the op warm-up",
+            lambda: any("c++" in cmd or "cc1plus" in cmd for cmd in processes_of(cache).values()),
+            timeout=120,
             runner=runner,
         )
         code, left = _stop(runner, signum)
         assert code == 130, runner.describe()
         assert "dsat: interrupted" in runner.stderr
         assert left == {}
+        assert processes_of(cache) == {}
         assert read_trials(runner.run_dir) == []
     finally:
         runner.kill()
         kill_leftovers(runner.run_dir)
+        kill_leftovers(cache)
 
 
 def test_signal_during_search_exits_130_and_leaves_no_process(

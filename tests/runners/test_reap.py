@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -89,3 +90,86 @@ def test_a_child_reaped_elsewhere_ends_with_a_code_that_is_not_a_clean_exit() ->
     assert proc.returncode == LOST_EXIT_CODE != 0
     send(proc, signal.SIGKILL)  # not sent: the pid is no longer this child's
     assert kill(proc) and proc.returncode == LOST_EXIT_CODE
+
+
+def _not_running(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in (b"Z", b"X")
+
+
+def _leader_with_orphanable_children() -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A session leader with two grandchildren in process groups of their own (as ninja
+    runs compilers), one of which ignores SIGTERM; returns the leader and their pids."""
+    grandchild = (
+        "import os, signal, sys, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN) if sys.argv[1] == '1' else None; "
+        "os.setpgid(0, 0); time.sleep(120)"
+    )
+    code = (
+        "import subprocess, sys, time; "
+        f"kids = [subprocess.Popen([sys.executable, '-c', {grandchild!r}, i]) for i in '01']; "
+        "print(' '.join(str(k.pid) for k in kids), flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    deadline = time.monotonic() + 10
+    while not all(_own_group(pid) for pid in pids):  # so signals are in place too
+        assert time.monotonic() < deadline, "the grandchildren did not start"
+        time.sleep(0.02)
+    return proc, pids
+
+
+def _own_group(pid: int) -> bool:
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return False
+    return int(fields[2]) == pid
+
+
+def test_stop_session_stops_processes_that_left_the_leaders_group() -> None:
+    """Ctrl-C in a first op build left two compilers running (ninja gives each its own
+    process group; signalling the warm-up's group missed them)."""
+    from determined_dsat.runners.reap import session_members, stop_session
+
+    leader, grandchildren = _leader_with_orphanable_children()
+    try:
+        deadline = time.monotonic() + 10
+        while set(grandchildren) - set(session_members(leader.pid)):
+            assert time.monotonic() < deadline, session_members(leader.pid)
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert stop_session(leader, grace_s=1.0) is True
+        assert time.monotonic() - started < 8
+        assert leader.returncode is not None
+        # Reparented to init, they may linger as zombies where init does not reap them.
+        assert not set(grandchildren) & set(session_members(leader.pid))
+        assert all(_not_running(pid) for pid in grandchildren)
+    finally:
+        for pid in grandchildren:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        kill(leader)
+
+
+def test_kill_group_stops_a_ranks_processes_in_other_groups_of_its_session() -> None:
+    """A rank that builds an op runs its compilers in process groups of their own."""
+    leader, grandchildren = _leader_with_orphanable_children()
+    try:
+        rank.kill_group([leader])
+        deadline = time.monotonic() + 10
+        while not all(_not_running(pid) for pid in grandchildren):
+            assert time.monotonic() < deadline, "a grandchild outlived kill_group"
+            time.sleep(0.05)
+        assert leader.returncode is not None
+    finally:
+        for pid in grandchildren:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        kill(leader)
