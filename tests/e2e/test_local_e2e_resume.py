@@ -142,8 +142,11 @@ def test_sigkill_during_op_warmup_leaves_no_process(
     tmp = tmp_path_factory.mktemp("kill-warmup")
     run_dir = tmp / "run"
     args = search_args("binary", EXAMPLES / "core_api", run_dir, 3, memory_cap=CAP_MIB)
+    # An empty op cache: with the ops built, no warm-up process runs at all. The runner
+    # is killed as the warm-up starts, before it imports torch, so no compiler starts.
+    cache = tmp / "extensions"
     try:
-        runner = Runner(args, run_dir)
+        runner = Runner(args, run_dir, extra_env={"TORCH_EXTENSIONS_DIR": str(cache)})
         wait_for(
             "the op warm-up",
             lambda: any(
@@ -157,6 +160,7 @@ def test_sigkill_during_op_warmup_leaves_no_process(
         no_processes_left(run_dir, within=1.0)
     finally:
         kill_leftovers(run_dir)
+        kill_leftovers(cache)
 
 
 def test_resume_after_kill_between_log_and_state(
