@@ -220,11 +220,16 @@ def _summary(run: TunerRun) -> str:
     return f"{format_duration(run.wall_s)}, {run.trials} trials {run.outcomes}; {pick}; {metric}"
 
 
+def _pick_path(folder: pathlib.Path, tool: str) -> pathlib.Path:
+    """Where a tool's pick is written for its re-measurements."""
+    return folder / f"{tool}_ds_config.json"
+
+
 def _measured_these_picks(folder: pathlib.Path, runs: Mapping[str, TunerRun]) -> bool:
     """Whether the measurements in ``folder`` are of these runs' picks (a re-run tuner may
     pick another config; its old measurements must not be reported as the new pick's)."""
     for tool, run in runs.items():
-        recorded = read_json_or_none(folder / f"{tool}_ds_config.json")
+        recorded = read_json_or_none(_pick_path(folder, tool))
         if run.ds_config is not None and recorded != run.ds_config:
             return False
     return True
@@ -253,7 +258,7 @@ def measure_case(
         if run.ds_config is None:
             say(f"  {tool} picked nothing: not measured")
             continue
-        configs[tool] = folder / f"{tool}_ds_config.json"
+        configs[tool] = _pick_path(folder, tool)
         configs[tool].write_text(json.dumps(run.ds_config, indent=2) + "\n")
 
     def run_one(tool: str, order: int, ds_config_path: pathlib.Path) -> Measurement:

@@ -1,7 +1,8 @@
 """Why a search never ran a configuration within 1 % of the optimum.
 
-Reads a search-efficiency run's ``runs.json`` and, for one method, family and each
-concurrency, sorts the runs that never reached 99 % of the optimum by what they missed:
+Reads a search-efficiency run's ``runs.json`` (or ``runs.json.gz``) and, for one method,
+family and each concurrency, sorts the runs that never reached 99 % of the optimum by
+what they missed:
 
 - **knobs**: some (stage, micro-batch) the search ran reaches 99 % with other ZeRO knobs
   of the same stage's table (the search stopped before it tried them);
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import json
 import pathlib
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import attrs
 
 from benchmarks.efficiency import _landscapes
 from benchmarks.families.api import BenchmarkLandscape
@@ -32,6 +36,7 @@ from benchmarks.families.heldout_zero import table_blocks
 from benchmarks.harness import ALL_STAGES, OUR_TABLE
 
 LEVEL = 0.99
+DEFAULT_LANDSCAPES = 30
 
 
 def classify(
@@ -71,10 +76,9 @@ def optimum(landscape: BenchmarkLandscape) -> Any:
     return landscape.best_config(OUR_TABLE, ALL_STAGES)  # type: ignore[attr-defined]
 
 
-def knob_costs(landscape: BenchmarkLandscape) -> dict[tuple[int, str], float]:
-    """(optimum's stage, knob) -> the fraction of the optimum left with that knob alone at
-    its worst value of the table."""
-    best = optimum(landscape)
+def knob_costs(landscape: BenchmarkLandscape, best: Any) -> dict[tuple[int, str], float]:
+    """(optimum's stage, knob) -> the fraction of the optimum (``best``, its
+    :func:`optimum`) left with that knob alone at its worst value of the table."""
     if best is None:
         return {}
     costs: dict[tuple[int, str], float] = {}
@@ -84,19 +88,39 @@ def knob_costs(landscape: BenchmarkLandscape) -> dict[tuple[int, str], float]:
     return costs
 
 
+@attrs.define
+class Family:
+    """A family's landscapes by key, their optima (computed once: each is a search of the
+    whole knob table) and the best over knobs of every (landscape, stage, mbs) asked."""
+
+    landscapes: dict[str, BenchmarkLandscape]
+    optima: dict[str, Any]
+    _best_at: dict[tuple[str, int, int], float] = attrs.field(factory=dict)
+
+    @classmethod
+    def of(cls, name: str, count: int) -> Family:
+        landscapes = {landscape.key: landscape for landscape in _landscapes(name, count, "")}
+        return cls(landscapes, {key: optimum(land) for key, land in landscapes.items()})
+
+    def best_over_knobs(self, key: str, stage: int, mbs: int) -> float:
+        if (key, stage, mbs) not in self._best_at:
+            self._best_at[(key, stage, mbs)] = best_over_knobs(self.landscapes[key], stage, mbs)
+        return self._best_at[(key, stage, mbs)]
+
+
 def diagnose(
-    runs: Sequence[Mapping[str, Any]], family: str, method: str, concurrency: int
+    runs: Sequence[Mapping[str, Any]], family: Family, name: str, method: str, concurrency: int
 ) -> tuple[collections.Counter[str], list[str]]:
-    """Counts per class over the runs of one cell, and the landscapes of its knob misses."""
-    landscapes = {landscape.key: landscape for landscape in _landscapes(family, 30, "")}
+    """Counts per class over the runs of one cell (family ``name``), and the landscapes of
+    its knob misses."""
     counts: collections.Counter[str] = collections.Counter()
     knob_misses = []
     for run in runs:
         cell = (run["impl"], run["method"], run["family"], run["concurrency"], run["sweep"])
-        if cell != ("ours", method, family, concurrency, ""):
+        if cell != ("ours", method, name, concurrency, ""):
             continue
-        landscape = landscapes[run["landscape"]]
-        best = optimum(landscape)
+        key = run["landscape"]
+        best = family.optima[key]
         if best is None:
             continue
         tried = {
@@ -104,14 +128,34 @@ def diagnose(
             for stage, mbs, kind in zip(run["stage"], run["mbs"], run["kinds"], strict=True)
             if stage is not None and kind in "sc"
         }
-        other_knobs = max((best_over_knobs(landscape, s, m) for s, m in tried), default=0.0)
+        other_knobs = max((family.best_over_knobs(key, s, m) for s, m in tried), default=0.0)
         verdict = classify(
             max(run["fraction"]), other_knobs / best.throughput, best.stage, (s for s, _ in tried)
         )
         counts[verdict] += 1
         if verdict == "knobs":
-            knob_misses.append(run["landscape"])
+            knob_misses.append(key)
     return counts, knob_misses
+
+
+def _read_runs(results: pathlib.Path) -> list[dict[str, Any]]:
+    """The runs of ``results/runs.json``, or of ``runs.json.gz`` (as kept in the repository)."""
+    plain = results / "runs.json"
+    if plain.is_file():
+        text = plain.read_text()
+    else:
+        with gzip.open(results / "runs.json.gz", "rt") as packed:
+            text = packed.read()
+    runs: list[dict[str, Any]] = json.loads(text)["runs"]
+    return runs
+
+
+def _landscape_count(results: pathlib.Path) -> int:
+    """How many landscapes per family the run drew (its settings; 30 if not recorded)."""
+    summary = results / "search_efficiency.json"
+    if not summary.is_file():
+        return DEFAULT_LANDSCAPES
+    return int(json.loads(summary.read_text())["settings"].get("landscapes", DEFAULT_LANDSCAPES))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,18 +165,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--method", default="model")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     args = parser.parse_args(argv)
-    runs = json.loads((args.results / "runs.json").read_text())["runs"]
+    runs = _read_runs(args.results)
+    family = Family.of(args.family, _landscape_count(args.results))
     missed: set[str] = set()
     for concurrency in args.concurrency:
-        counts, knob_misses = diagnose(runs, args.family, args.method, concurrency)
+        counts, knob_misses = diagnose(runs, family, args.family, args.method, concurrency)
         total = sum(counts.values())
         cells = ", ".join(f"{k} {counts[k]}" for k in ("reached", "knobs", "micro-batch", "stage"))
         print(f"{args.family} x{concurrency}, {args.method}, {total} runs: {cells}")
         missed.update(knob_misses)
     costs: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
-    landscapes = {landscape.key: landscape for landscape in _landscapes(args.family, 30, "")}
     for key in sorted(missed):
-        for cell, left in knob_costs(landscapes[key]).items():
+        for cell, left in knob_costs(family.landscapes[key], family.optima[key]).items():
             costs[cell].append(left)
     print(f"knob misses on {len(missed)} landscapes; one knob at its worst value leaves (median):")
     for (stage, knob), lefts in sorted(costs.items()):

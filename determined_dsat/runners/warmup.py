@@ -120,9 +120,13 @@ def already_built(names: list[str], root: pathlib.Path) -> bool:
     installed = max(_installed_at("deepspeed"), _installed_at("torch"))
     for name in names:
         built = _BUILT_AS.get(name)
-        library = root / built / f"{built}.so" if built else None
-        if library is None or not library.is_file() or library.stat().st_mtime < installed:
+        if built is None:
             return False
+        try:
+            if (root / built / f"{built}.so").stat().st_mtime < installed:
+                return False
+        except OSError:
+            return False  # not built yet
     return True
 
 
