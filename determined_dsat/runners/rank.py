@@ -123,11 +123,7 @@ def kill_group(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 
 
 def _signal_sessions(procs: Sequence[subprocess.Popen[bytes]], signum: int) -> None:
-    # The group by the kernel at once, then the rest of the session from /proc (which
-    # covers the group too, but only where /proc can be read).
     for proc in procs:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
         signal_session(proc.pid, signum)
 
 

@@ -71,11 +71,19 @@ def send(proc: subprocess.Popen[bytes], signum: int) -> None:
 
 def session_members(sid: int) -> list[int]:
     """Live (not zombie) processes of session ``sid``, found in ``/proc``."""
-    members = []
+    return list(_session_groups(sid))
+
+
+def _session_groups(sid: int) -> dict[int, int]:
+    """pid -> process group of the live processes of session ``sid``."""
+    groups = {}
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and _stat_fields(int(entry.name))[3:4] == [str(sid).encode()]:
-            members.append(int(entry.name))
-    return members
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields[3:4] == [str(sid).encode()]:
+            groups[int(entry.name)] = int(fields[2])
+    return groups
 
 
 def stop_session(leader: subprocess.Popen[bytes], grace_s: float) -> bool:
@@ -114,8 +122,13 @@ def _stat_fields(pid: int) -> list[bytes]:
 
 
 def signal_session(sid: int, signum: int) -> None:
-    """Send ``signum`` to every live process of session ``sid``."""
-    _signal_all(set(session_members(sid)), signum)
+    """Send ``signum`` once to every live process of session ``sid``: the group of its
+    leader by the kernel at once, the processes of its other groups (found in ``/proc``)
+    one by one. Once each: a second SIGTERM landing in a process's exit handlers turns
+    its last log lines into a traceback."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(sid, signum)
+    _signal_all({pid for pid, group in _session_groups(sid).items() if group != sid}, signum)
 
 
 def _signal_all(pids: set[int], signum: int) -> None:

@@ -7,6 +7,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -173,3 +174,36 @@ def test_kill_group_stops_a_ranks_processes_in_other_groups_of_its_session() -> 
             if not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
         kill(leader)
+
+
+def test_kill_group_sends_each_process_one_sigterm(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank used to get SIGTERM twice (its group, then its session): the second landed
+    in its exit handlers and replaced the tail of its log with a traceback."""
+    record = tmp_path / "terms"
+    code = textwrap.dedent(
+        f"""
+        import os, signal, time
+
+        def note(signum, frame):
+            with open({str(record)!r}, "a") as out:
+                out.write(f"{{os.getpid()}}\\n")
+
+        signal.signal(signal.SIGTERM, note)
+        print("ready", flush=True)
+        time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    monkeypatch.setattr(rank, "KILL_GRACE_S", 1.0)
+    try:
+        rank.kill_group([proc])
+        assert reap_all([proc], 5.0)
+        assert proc.returncode == -signal.SIGKILL  # it outlived the SIGTERM, then was killed
+        assert record.read_text().split() == [str(proc.pid)]
+    finally:
+        kill(proc)
