@@ -4,8 +4,10 @@ A single measurement of a short profiling window is noisy, and the best of many 
 measurements is biased upward (the winner's curse): DeepSpeed's own autotuner once
 overstated its winner's throughput by 26 %. So the top ``k`` distinct configurations
 run again, and the winner is the one with the best median over all its measurements,
-a failed re-run counting as the worst possible result. While the two leaders' medians
-are within the measured noise of each other, both run again (budget and time allowing,
+a failed re-run counting as the worst possible result. After a search that stopped
+early, only the rivals that may still beat the leader run again (:func:`plausible_rivals`,
+judged again once the leader's re-run is in). While the two leaders' medians are within
+the measured noise of each other, both run again (budget and time allowing,
 at most :data:`MAX_EXTRA_ROUNDS` more times), but only while another round is worth its
 trials: its expected gain (:func:`remeasure_value`) per trial must reach the same
 ``--min-improvement`` that ends the search. Choosing between two configurations whose
@@ -127,6 +129,48 @@ def measurement_noise(view: TrackerView, targets: list[str]) -> float:
     if count == 0:
         return DEFAULT_NOISE
     return max(math.sqrt(squares / count), 0.005)
+
+
+PLAUSIBLE_Z = 2.0
+"""How many sds of the gap between two single measurements a rival may trail the leader
+by and still be re-measured: one trailing by more is truly faster with a chance of about
+2 % (a flat prior on the gap), too little to pay for a trial."""
+
+
+def plausible_rivals(
+    view: TrackerView, targets: list[str], rivals: list[TrialRecord]
+) -> list[TrialRecord]:
+    """The rivals (measured once) that may still beat the best median of the targets:
+    trailing it by at most :data:`PLAUSIBLE_Z` sds of the gap between that median and one
+    measurement, at the noise :func:`measurement_noise` measures over the targets, never
+    taken below :data:`DEFAULT_NOISE` (a pair or two of repeats can look quieter than a
+    landscape is)."""
+    lead = _best_median(view, targets)
+    if lead is None:
+        return list(rivals)
+    median, runs = lead
+    noise = max(DEFAULT_NOISE, measurement_noise(view, targets))
+    limit = PLAUSIBLE_Z * noise * math.sqrt(1.0 / runs + 1.0)
+    kept = []
+    for record in rivals:
+        score = _positive_score(view, record)
+        if score is None or math.log(median / score) <= limit:
+            kept.append(record)
+    return kept
+
+
+def _best_median(view: TrackerView, targets: list[str]) -> tuple[float, int] | None:
+    """The best median (positive scale) over the targets' finished runs and its run count;
+    a failed run counts as 0, as :func:`confirm` counts it the worst (None: no positive
+    median, so every rival may win)."""
+    best: tuple[float, int] | None = None
+    for request_id in targets:
+        runs = [view[request_id], *view.confirmations_of(request_id)]
+        scores = [_positive_score(view, r) or 0.0 for r in runs if r.finished]
+        median = statistics.median(scores) if scores else 0.0
+        if median > 0.0 and (best is None or median > best[0]):
+            best = (median, len(scores))
+    return best
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ from determined_dsat.methods.base import Proposal, SearchPolicy
 from determined_dsat.methods.confirm import (
     MAX_EXTRA_ROUNDS,
     confirm,
+    plausible_rivals,
     remeasure_value,
     top_configs,
     undecided,
@@ -182,7 +183,8 @@ class PolicySearch(Phase):
 @attrs.define
 class _ConfirmState:
     phase: str = "search"  # "search", "confirm" or "done"
-    targets: list[str] = attrs.field(factory=list)
+    candidates: list[str] = attrs.field(factory=list)  # the top k when the search ended
+    targets: list[str] = attrs.field(factory=list)  # those re-measured
     queue: list[str] = attrs.field(factory=list)
     search_end: str | None = None
     rounds: int = 0  # extra rounds for leaders within noise of each other
@@ -190,7 +192,9 @@ class _ConfirmState:
 
 class WithConfirmation(Phase):
     """Keeps up to ``k`` trials back for re-measuring the top ``k`` configurations at the
-    end; the winner is the one with the best median (``confirm.py``). Extra rounds for
+    end; the winner is the one with the best median (``confirm.py``). When the search
+    stopped before its budget, the leader runs again first, with only the rivals that may
+    still beat it, and then those its re-measured median brings within reach. Extra rounds for
     two leaders within noise run while their expected gain per trial is at least
     ``min_gain`` (a fraction of the metric; 0: whenever they are within noise)."""
 
@@ -231,7 +235,7 @@ class WithConfirmation(Phase):
 
     def _confirm(self, limit: int, reserve: int) -> list[TrialSpec]:
         state = self.state
-        if not state.targets:
+        if not state.candidates:
             # No more re-measurements than the budget has left (the reservation shrinks
             # while few configurations have trained).
             left = self.tracker.limits.max_trials - reserve - self.tracker.num_created
@@ -240,13 +244,22 @@ class WithConfirmation(Phase):
             )
             while len(chosen) > 1 and not time_for(self.tracker, chosen):
                 chosen.pop()  # the lowest-ranked re-measurement that would overrun the budget
-            state.targets = [r.spec.request_id for r in chosen]
+            state.candidates = [r.spec.request_id for r in chosen]
+            state.targets = state.candidates[:1] if self._prunes() else list(state.candidates)
+            state.targets += self._rivals_worth_measuring()
             state.queue = list(state.targets)
         specs: list[TrialSpec] = []
         room = min(limit, self.tracker.capacity(reserve))
         while state.queue and len(specs) < room:
             specs.append(self._remeasure(self.tracker[state.queue.pop(0)].spec))
         if not state.queue and not self.tracker.running_of(TrialKind.CONFIRM) and not specs:
+            # The leader's re-measured median may have fallen within reach of a rival
+            # that trailed its single lucky draw: that rival runs again too.
+            late = self._rivals_worth_measuring()
+            if late:
+                state.targets += late
+                state.queue = late
+                return self._confirm(limit, reserve)
             again = self._another_round(reserve)
             if again:
                 state.rounds += 1
@@ -257,6 +270,20 @@ class WithConfirmation(Phase):
                 self.tracker.set_winner(winner.record.spec.request_id, winner.metrics)
             state.phase = "done"
         return specs
+
+    def _prunes(self) -> bool:
+        """Whether only the rivals that may beat the leader run again. A search that spent
+        its budget re-measures all its top ``k``: those trials were planned into the
+        budget from the start (``--max-trials`` trials in all, as upstream's methods
+        run). One that stopped early, on its own rule or the time budget, was saving
+        trials, and keeps saving them here."""
+        return self.state.search_end != BUDGET_SPENT
+
+    def _rivals_worth_measuring(self) -> list[str]:
+        """The candidates not re-measured yet that may still beat the targets' leader."""
+        state = self.state
+        waiting = [self.tracker[r] for r in state.candidates if r not in state.targets]
+        return [r.spec.request_id for r in plausible_rivals(self.tracker, state.targets, waiting)]
 
     def _another_round(self, reserve: int) -> list[str]:
         """The two leaders, when they are within noise and another run of each is worth
@@ -293,6 +320,7 @@ class WithConfirmation(Phase):
     def state_dict(self) -> dict[str, Any]:
         return {
             "phase": self.state.phase,
+            "confirm_candidates": list(self.state.candidates),
             "confirm_targets": list(self.state.targets),
             "confirm_queue": list(self.state.queue),
             "search_end": self.state.search_end,
@@ -302,6 +330,7 @@ class WithConfirmation(Phase):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.state = _ConfirmState(
             phase=str(state.get("phase", "search")),
+            candidates=list(state.get("confirm_candidates", state.get("confirm_targets", []))),
             targets=list(state.get("confirm_targets", [])),
             queue=list(state.get("confirm_queue", [])),
             search_end=state.get("search_end"),
