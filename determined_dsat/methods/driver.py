@@ -143,10 +143,15 @@ class SearchDriver:
         return self.policy.planned_trials()
 
     def _final_message(self, reason: str) -> str:
-        if self.tracker.winner_confirmed:
-            n = self.confirmation.remeasured()
-            return f"{reason}; the top {n} configurations were re-measured"
-        return reason
+        if not self.tracker.winner_confirmed:
+            return reason
+        n = self.confirmation.remeasured()
+        what = "the best configuration was" if n == 1 else f"the top {n} configurations were"
+        skipped = self.confirmation.skipped()
+        if skipped:
+            others = f"the other {skipped} of the top {n + skipped}"
+            return f"{reason}; {what} re-measured ({others} trailed the leader beyond the noise)"
+        return f"{reason}; {what} re-measured"
 
     def _fail(self, message: str) -> None:
         if self.ending is None or not self.ending.failed:

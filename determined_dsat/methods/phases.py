@@ -317,6 +317,11 @@ class WithConfirmation(Phase):
         """How many configurations were re-measured (0 before the confirmation phase)."""
         return len(self.state.targets)
 
+    def skipped(self) -> int:
+        """How many of the top ``k`` were not re-measured, trailing the leader by more
+        than the noise."""
+        return len(self.state.candidates) - len(self.state.targets)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "phase": self.state.phase,

@@ -171,3 +171,32 @@ def test_a_baseline_that_breaks_the_batch_constraints_is_never_the_pick(
     assert pick.spec.kind is (TrialKind.BASELINE if may_win else TrialKind.SEARCH)
     restored = Tracker.from_json(d.tracker.to_json())
     assert restored.baseline_may_win is may_win
+
+
+def test_the_ending_says_which_of_the_top_k_were_remeasured() -> None:
+    """Binary bisects to the memory edge (mbs 40) and exhausts its knob variants there
+    before 120 trials; each variant it tries at the edge is 30 % slower than the one before,
+    so its runners-up trail the leader far beyond the noise."""
+    d = driver(max_trials=120, baseline=False, confirm_top=3)
+    at_edge: list[str] = []
+
+    def result(spec: TrialSpec) -> TrialResult:
+        if spec.mbs > 40:
+            return TrialResult(Outcome.OOM)
+        if spec.mbs < 40:
+            return ok(float(spec.mbs))
+        key = repr(sorted(spec.zero.items()))
+        if key not in at_edge:
+            at_edge.append(key)
+        return ok(100.0 * 0.7 ** at_edge.index(key))
+
+    finish_all(d, start(d), result)
+    assert d.tracker.num_created < 120
+    assert d.ending is not None and not d.ending.failed
+    confirms = [r for r in d.tracker.records() if r.spec.kind is TrialKind.CONFIRM]
+    skipped = d.confirmation.skipped()
+    assert len({r.spec.parent_id for r in confirms}) == 3 - skipped
+    assert skipped > 0
+    message = d.ending.message
+    assert f"the other {skipped} of the top 3 trailed the leader" in message, message
+    assert ("the best configuration was re-measured" in message) is (skipped == 2), message
