@@ -205,7 +205,7 @@ def verdict_lines(metric: Metric, outcome: SearchOutcome) -> list[str]:
     best_value = _value(outcome.best_metrics, metric.value)
     if outcome.measurements > 1 and best_value is not None:
         lines.append(
-            f"Confirmed: the best configurations were re-measured; the winner's median is "
+            f"Confirmed: the winner was re-measured; its median is "
             f"{format_metric(metric, best_value)} over {outcome.measurements} runs."
         )
     baseline = outcome.baseline

@@ -15,6 +15,7 @@ from determined_dsat.methods.binary import BinaryOptions
 from determined_dsat.methods.confirm import confirmation_budget
 from determined_dsat.methods.phases import BASELINE_AFTER
 from determined_dsat.methods.search_method import DSATSearchMethod
+from determined_dsat.report.summary import verdict_lines
 from determined_dsat.runners.engine import SearchEngine
 from determined_dsat.runners.replay import ReplayExecutor, ReplayFunction
 from determined_dsat.settings import Backend, SearchSettings
@@ -170,6 +171,10 @@ def test_a_lucky_one_shot_winner_loses_to_a_consistent_config() -> None:
     metrics = tracker.best_metrics()
     assert metrics is not None and metrics["dsat_measurements"] == 2
     assert metrics["throughput"] == first[winner.spec.request_id]  # stable: median = value
+    (line,) = verdict_lines(Metric.THROUGHPUT, method.outcome())
+    assert line.startswith("Confirmed: the winner was re-measured; its median is ") and (
+        line.endswith(" over 2 runs.")
+    ), line
 
 
 def test_a_lucky_baseline_is_remeasured_before_it_can_win() -> None:
@@ -213,8 +218,6 @@ def test_when_the_users_config_wins_the_summary_names_the_best_searched_median()
     and 700 on every re-run. The re-measured baseline wins, and the verdict quotes the
     best searched configuration's median over its runs, not the baseline's own number."""
     import json
-
-    from determined_dsat.report.summary import verdict_lines
 
     seen: set[str] = set()
 
