@@ -140,37 +140,23 @@ by and still be re-measured: one trailing by more is truly faster with a chance 
 def plausible_rivals(
     view: TrackerView, targets: list[str], rivals: list[TrialRecord]
 ) -> list[TrialRecord]:
-    """The rivals (measured once) that may still beat the best median of the targets:
-    trailing it by at most :data:`PLAUSIBLE_Z` sds of the gap between that median and one
-    measurement, at the noise :func:`measurement_noise` measures over the targets, never
-    taken below :data:`DEFAULT_NOISE` (a pair or two of repeats can look quieter than a
-    landscape is)."""
-    lead = _best_median(view, targets)
-    if lead is None:
-        return list(rivals)
-    median, runs = lead
+    """The rivals (measured once) that may still beat the targets' best median, as
+    :func:`confirm` ranks them: trailing it by at most :data:`PLAUSIBLE_Z` sds of the gap
+    between that median and one measurement, at the noise :func:`measurement_noise`
+    measures over the targets, never taken below :data:`DEFAULT_NOISE` (a pair or two of
+    repeats can look quieter than a landscape is)."""
+    lead = confirm(view, targets)  # the pick if confirmation ended now
+    median = None if lead is None else _positive(lead.score)
+    if lead is None or median is None:
+        return list(rivals)  # no leader, or its re-run failed: any rival may win
     noise = max(DEFAULT_NOISE, measurement_noise(view, targets))
-    limit = PLAUSIBLE_Z * noise * math.sqrt(1.0 / runs + 1.0)
+    limit = PLAUSIBLE_Z * noise * math.sqrt(1.0 / lead.measurements + 1.0)
     kept = []
     for record in rivals:
         score = _positive_score(view, record)
         if score is None or math.log(median / score) <= limit:
             kept.append(record)
     return kept
-
-
-def _best_median(view: TrackerView, targets: list[str]) -> tuple[float, int] | None:
-    """The best median (positive scale) over the targets' finished runs and its run count;
-    a failed run counts as 0, as :func:`confirm` counts it the worst (None: no positive
-    median, so every rival may win)."""
-    best: tuple[float, int] | None = None
-    for request_id in targets:
-        runs = [view[request_id], *view.confirmations_of(request_id)]
-        scores = [_positive_score(view, r) or 0.0 for r in runs if r.finished]
-        median = statistics.median(scores) if scores else 0.0
-        if median > 0.0 and (best is None or median > best[0]):
-            best = (median, len(scores))
-    return best
 
 
 @attrs.frozen
@@ -241,8 +227,11 @@ def expected_positive_part(mean: float, sd: float) -> float:
 def _positive_score(view: TrackerView, record: TrialRecord) -> float | None:
     """A larger-is-better value that is positive (throughput-like, or 1/seconds)."""
     score = view.score(record)
-    if score is None:
+    return None if score is None else _positive(score)
+
+
+def _positive(score: float) -> float | None:
+    """A larger-is-better score as a positive value (None for 0 or a failure's -inf)."""
+    if score == 0.0 or not math.isfinite(score):
         return None
-    if score > 0:
-        return score
-    return -1.0 / score if score < 0 else None
+    return score if score > 0 else -1.0 / score
